@@ -1,0 +1,416 @@
+"""Perturbation datasets: variable-length gene sets with perturbation types and named phenotypes.
+
+On disk (HDF5, see ``data/README.md``)::
+
+    /genes                 (N,)  utf-8    gene ids the indices refer to (the genome's order)
+    /records/offsets       (R+1,) int64   record r owns entries offsets[r]:offsets[r+1]
+    /records/genes         (nnz,) int32   gene index of each perturbed gene
+    /records/types         (nnz,) int8    PerturbationType of each entry
+    /records/phenotypes    (R, P) float32 NaN = not measured
+    /records/split         (R,)  int8     0 train, 1 val, 2 test, -1 unassigned   (optional)
+    /records/condition     (R,)  utf-8    e.g. DMA30                              (optional)
+    /heterologous/names, /heterologous/sequences   added genes (index >= N)        (optional)
+    /meta/...              free-form provenance (e.g. the simulator's ground truth)
+    attrs: phenotype_names (json list), genome_hash, genome_name, description, format_version
+
+In memory a batch is compact (CSR style), never a dense N-length tensor per sample: see
+:class:`PerturbationBatch`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+FORMAT_VERSION = 1
+SPLITS = {"train": 0, "val": 1, "test": 2}
+SPLIT_NAMES = {v: k for k, v in SPLITS.items()}
+
+
+class PerturbationType(IntEnum):
+    """Per-gene perturbation type ``m_i``. ``PRESENT`` (0) is every gene not in the set S."""
+
+    PRESENT = 0
+    DELETION = 1
+    KNOCKDOWN = 2
+    OVEREXPRESSION = 3
+    ADDITION = 4
+
+    @classmethod
+    def parse(cls, name: str) -> PerturbationType:
+        key = name.strip().upper()
+        if key not in cls.__members__ or key == "PRESENT":
+            allowed = ", ".join(m.name.lower() for m in cls if m is not cls.PRESENT)
+            raise ValueError(f"unknown perturbation type {name!r}; expected one of {allowed}")
+        return cls[key]
+
+
+NUM_PERTURBATION_TYPES = len(PerturbationType)
+
+
+@dataclass
+class PerturbationData:
+    """A whole dataset in memory (CSR arrays). The h5 file is its serialised form."""
+
+    genes: list[str]
+    offsets: np.ndarray  # (R+1,) int64
+    gene_index: np.ndarray  # (nnz,) int32
+    types: np.ndarray  # (nnz,) int8
+    phenotypes: np.ndarray  # (R, P) float32
+    phenotype_names: list[str]
+    split: np.ndarray | None = None  # (R,) int8
+    condition: list[str] | None = None
+    heterologous: dict[str, str] = field(default_factory=dict)
+    genome_hash: str = ""
+    genome_name: str = ""
+    description: str = ""
+    meta: dict[str, np.ndarray] = field(default_factory=dict)
+    attrs: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.offsets = np.asarray(self.offsets, dtype=np.int64)
+        self.gene_index = np.asarray(self.gene_index, dtype=np.int32)
+        self.types = np.asarray(self.types, dtype=np.int8)
+        self.phenotypes = np.asarray(self.phenotypes, dtype=np.float32)
+        r = len(self.offsets) - 1
+        if self.phenotypes.shape != (r, len(self.phenotype_names)):
+            raise ValueError(
+                f"phenotypes have shape {self.phenotypes.shape}, expected ({r}, {len(self.phenotype_names)})"
+            )
+        if self.offsets[0] != 0 or self.offsets[-1] != len(self.gene_index) or np.any(np.diff(self.offsets) < 0):
+            raise ValueError("offsets must start at 0, be non-decreasing and end at the number of entries")
+        if len(self.types) != len(self.gene_index):
+            raise ValueError("types and gene_index differ in length")
+        if len(set(self.phenotype_names)) != len(self.phenotype_names):
+            raise ValueError(f"duplicate phenotype names: {self.phenotype_names}")
+        n_total = len(self.genes) + len(self.heterologous)
+        if len(self.gene_index) and (self.gene_index.min() < 0 or self.gene_index.max() >= n_total):
+            raise ValueError(f"gene indices must lie in [0, {n_total})")
+        if self.split is not None:
+            self.split = np.asarray(self.split, dtype=np.int8)
+
+    # ------------------------------------------------------------------ basics
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def set_sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def record(self, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(gene indices, types, phenotypes)`` of record ``r``."""
+        a, b = self.offsets[r], self.offsets[r + 1]
+        return self.gene_index[a:b], self.types[a:b], self.phenotypes[r]
+
+    def phenotype_index(self, name: str) -> int:
+        """Column of a named phenotype; unknown names raise with the available list."""
+        if name not in self.phenotype_names:
+            import difflib
+
+            close = difflib.get_close_matches(name, self.phenotype_names, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise KeyError(f"unknown phenotype {name!r}; this dataset has {self.phenotype_names}{hint}")
+        return self.phenotype_names.index(name)
+
+    def subset(self, rows: np.ndarray) -> PerturbationData:
+        """A new dataset with the given records (in that order)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        sizes = self.set_sizes[rows]
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        take = (
+            np.concatenate([np.arange(self.offsets[r], self.offsets[r + 1]) for r in rows])
+            if len(rows)
+            else np.zeros(0, dtype=np.int64)
+        )
+        return PerturbationData(
+            genes=self.genes,
+            offsets=offsets,
+            gene_index=self.gene_index[take],
+            types=self.types[take],
+            phenotypes=self.phenotypes[rows],
+            phenotype_names=list(self.phenotype_names),
+            split=None if self.split is None else self.split[rows],
+            condition=None if self.condition is None else [self.condition[r] for r in rows],
+            heterologous=dict(self.heterologous),
+            genome_hash=self.genome_hash,
+            genome_name=self.genome_name,
+            description=self.description,
+            meta=self.meta,
+            attrs=dict(self.attrs),
+        )
+
+    def split_indices(self, name: str) -> np.ndarray:
+        """Record indices of split ``train``/``val``/``test`` (an error when no split is stored)."""
+        if self.split is None:
+            raise ValueError("this dataset stores no split; make one with cellformer.data.splits")
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; expected one of {list(SPLITS)}")
+        return np.flatnonzero(self.split == SPLITS[name])
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> None:
+        """Write the HDF5 file (gzip-compressed arrays)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        str_dt = h5py.string_dtype("utf-8")
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["phenotype_names"] = json.dumps(self.phenotype_names)
+            f.attrs["genome_hash"] = self.genome_hash
+            f.attrs["genome_name"] = self.genome_name
+            f.attrs["description"] = self.description
+            for k, v in self.attrs.items():
+                f.attrs[k] = v
+            f.create_dataset("genes", data=np.array(self.genes, dtype=object), dtype=str_dt)
+            g = f.create_group("records")
+            kw = {"compression": "gzip", "compression_opts": 4}
+            g.create_dataset("offsets", data=self.offsets, **kw)
+            g.create_dataset("genes", data=self.gene_index, **kw)
+            g.create_dataset("types", data=self.types, **kw)
+            g.create_dataset("phenotypes", data=self.phenotypes, **kw)
+            if self.split is not None:
+                g.create_dataset("split", data=self.split, **kw)
+            if self.condition is not None:
+                g.create_dataset("condition", data=np.array(self.condition, dtype=object), dtype=str_dt)
+            if self.heterologous:
+                h = f.create_group("heterologous")
+                h.create_dataset("names", data=np.array(list(self.heterologous), dtype=object), dtype=str_dt)
+                h.create_dataset(
+                    "sequences", data=np.array(list(self.heterologous.values()), dtype=object), dtype=str_dt
+                )
+            m = f.create_group("meta")
+            for k, v in self.meta.items():
+                v = np.asarray(v)
+                if v.dtype.kind in "UO":
+                    m.create_dataset(k, data=v.astype(object), dtype=str_dt)
+                else:
+                    m.create_dataset(k, data=v, **kw)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PerturbationData:
+        """Read a file written by :meth:`save`."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"dataset {path} does not exist (build it with `cellformer data simulate`)")
+        with h5py.File(path, "r") as f:
+            version = int(f.attrs.get("format_version", -1))
+            if version != FORMAT_VERSION:
+                raise ValueError(f"{path}: format_version {version}, this cellformer reads {FORMAT_VERSION}")
+            r = f["records"]
+            het = {}
+            if "heterologous" in f:
+                names = [s.decode() if isinstance(s, bytes) else s for s in f["heterologous/names"][()]]
+                seqs = [s.decode() if isinstance(s, bytes) else s for s in f["heterologous/sequences"][()]]
+                het = dict(zip(names, seqs, strict=True))
+            meta = {}
+            for k, v in f["meta"].items():
+                arr = v[()]
+                if arr.dtype.kind == "O":
+                    arr = np.array([s.decode() if isinstance(s, bytes) else s for s in arr])
+                meta[k] = arr
+            known = {"format_version", "phenotype_names", "genome_hash", "genome_name", "description"}
+            return cls(
+                genes=[s.decode() if isinstance(s, bytes) else s for s in f["genes"][()]],
+                offsets=r["offsets"][()],
+                gene_index=r["genes"][()],
+                types=r["types"][()],
+                phenotypes=r["phenotypes"][()],
+                phenotype_names=json.loads(f.attrs["phenotype_names"]),
+                split=r["split"][()] if "split" in r else None,
+                condition=[s.decode() for s in r["condition"][()]] if "condition" in r else None,
+                heterologous=het,
+                genome_hash=str(f.attrs.get("genome_hash", "")),
+                genome_name=str(f.attrs.get("genome_name", "")),
+                description=str(f.attrs.get("description", "")),
+                meta=meta,
+                attrs={k: str(v) for k, v in f.attrs.items() if k not in known},
+            )
+
+
+# ---------------------------------------------------------------------- torch side
+@dataclass
+class PerturbationBatch:
+    """A batch of B perturbation records in CSR form.
+
+    Attributes:
+        gene_index: (nnz,) long, perturbed genes of all samples, concatenated.
+        types: (nnz,) long, their :class:`PerturbationType`.
+        ptr: (B+1,) long, sample b owns entries ``ptr[b]:ptr[b+1]``.
+        batch: (nnz,) long, sample id of each entry (PyG style).
+        y: (B, P) float, NaN where not measured.
+        index: (B,) long, record indices in the dataset (for joining predictions back).
+        variant: (B,) long, genome variant of each sample (0 = the base genome).
+        variants: tuple of added-gene tuples per variant; ``variants[0] == ()``. The tuples hold the
+            dataset's heterologous indices (``N + h``); in ``gene_index`` an added gene is renumbered
+            ``N + position in its variant's tuple`` (the token position in that variant's genome).
+        added_features: per variant, the (n_added, F) sequence features of its added genes.
+    """
+
+    gene_index: torch.Tensor
+    types: torch.Tensor
+    ptr: torch.Tensor
+    batch: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+    variant: torch.Tensor
+    variants: tuple[tuple[int, ...], ...] = ((),)
+    added_features: tuple[torch.Tensor, ...] = ()
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.ptr.numel() - 1)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> PerturbationBatch:
+        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return PerturbationBatch(
+            move(self.gene_index),
+            move(self.types),
+            move(self.ptr),
+            move(self.batch),
+            move(self.y),
+            move(self.index),
+            move(self.variant),
+            self.variants,
+            tuple(move(f) for f in self.added_features),
+        )
+
+    def pin_memory(self) -> PerturbationBatch:
+        return PerturbationBatch(
+            self.gene_index.pin_memory(),
+            self.types.pin_memory(),
+            self.ptr.pin_memory(),
+            self.batch.pin_memory(),
+            self.y.pin_memory(),
+            self.index.pin_memory(),
+            self.variant.pin_memory(),
+            self.variants,
+            self.added_features,
+        )
+
+    def sets(self) -> list[list[int]]:
+        """The gene index sets as Python lists (for tests and debugging)."""
+        p = self.ptr.tolist()
+        g = self.gene_index.tolist()
+        return [g[p[b] : p[b + 1]] for b in range(self.num_samples)]
+
+
+class PerturbationDataset(Dataset):
+    """Torch dataset over a :class:`PerturbationData` (optionally a subset of its records).
+
+    Items are ``(record index, gene indices, types, phenotypes)`` as numpy arrays; use
+    :func:`collate_perturbations` (or :meth:`collate`) to batch them.
+    """
+
+    def __init__(self, data: PerturbationData | str | Path, indices: Sequence[int] | None = None):
+        self.data = data if isinstance(data, PerturbationData) else PerturbationData.load(data)
+        self.indices = np.arange(len(self.data)) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.num_base_genes = len(self.data.genes)
+        self.het_features = heterologous_features(self.data.heterologous)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        r = int(self.indices[i])
+        g, t, y = self.data.record(r)
+        return r, g, t, y
+
+    def __getitems__(self, idx: list[int]) -> PerturbationBatch:
+        """Batched fetch (used by ``DataLoader`` automatically): vectorised, no per-item Python work."""
+        return self.collate_rows(self.indices[np.asarray(idx, dtype=np.int64)])
+
+    def collate_rows(self, rows: np.ndarray) -> PerturbationBatch:
+        """Build a batch straight from record indices (vectorised CSR gather)."""
+        d = self.data
+        starts, ends = d.offsets[rows], d.offsets[rows + 1]
+        sizes = ends - starts
+        ptr = np.concatenate([[0], np.cumsum(sizes)])
+        take = np.repeat(starts - ptr[:-1], sizes) + np.arange(ptr[-1])
+        return _make_batch(
+            rows, d.gene_index[take], d.types[take], ptr, d.phenotypes[rows], self.num_base_genes, self.het_features
+        )
+
+    def collate(self, items) -> PerturbationBatch:
+        return collate_perturbations(items, self.num_base_genes, self.het_features)
+
+
+def heterologous_features(sequences: dict[str, str]) -> np.ndarray | None:
+    """(H, F) sequence features of a dataset's heterologous genes, in table order (None if none)."""
+    if not sequences:
+        return None
+    from cellformer.genome.sequence import sequence_features
+
+    return np.stack([sequence_features(s, n) for n, s in sequences.items()])
+
+
+def identity_collate(batch):
+    """Collate for loaders whose dataset already returns a batch via ``__getitems__``."""
+    return batch
+
+
+def collate_perturbations(
+    items, num_base_genes: int | None = None, het_features: np.ndarray | None = None
+) -> PerturbationBatch:
+    """Collate ``(record, genes, types, phenotypes)`` items into a :class:`PerturbationBatch`."""
+    if isinstance(items, PerturbationBatch):
+        return items
+    rows = np.array([it[0] for it in items], dtype=np.int64)
+    sizes = np.array([len(it[1]) for it in items], dtype=np.int64)
+    ptr = np.concatenate([[0], np.cumsum(sizes)])
+    genes = np.concatenate([it[1] for it in items]) if items else np.zeros(0, np.int32)
+    types = np.concatenate([it[2] for it in items]) if items else np.zeros(0, np.int8)
+    y = np.stack([it[3] for it in items]) if items else np.zeros((0, 0), np.float32)
+    n = int(genes.max()) + 1 if num_base_genes is None and len(genes) else (num_base_genes or 0)
+    return _make_batch(rows, genes, types, ptr, y, n, het_features)
+
+
+def _make_batch(rows, genes, types, ptr, y, num_base_genes: int, het_features=None) -> PerturbationBatch:
+    genes = np.asarray(genes, dtype=np.int64)
+    sizes = np.diff(ptr)
+    batch_ids = np.repeat(np.arange(len(sizes)), sizes)
+    variant = np.zeros(len(sizes), dtype=np.int64)
+    variants: list[tuple[int, ...]] = [()]
+    added = genes >= num_base_genes
+    if added.any():
+        # group samples by the set of heterologous genes they carry; renumber added genes per variant
+        keys: dict[tuple[int, ...], int] = {(): 0}
+        for b in range(len(sizes)):
+            seg = genes[ptr[b] : ptr[b + 1]]
+            key = tuple(sorted(int(g) for g in seg if g >= num_base_genes))
+            variant[b] = keys.setdefault(key, len(keys))
+            for pos, g in enumerate(key):
+                seg[seg == g] = num_base_genes + pos
+            genes[ptr[b] : ptr[b + 1]] = seg
+        variants = list(keys)
+    added_features: list[torch.Tensor] = []
+    for key in variants:
+        if not key:
+            added_features.append(torch.zeros(0, 0))
+        elif het_features is None:
+            raise ValueError("batch has heterologous genes but the dataset stores no sequences for them")
+        else:
+            added_features.append(torch.from_numpy(het_features[[g - num_base_genes for g in key]]))
+    return PerturbationBatch(
+        gene_index=torch.from_numpy(genes),
+        types=torch.from_numpy(np.asarray(types, dtype=np.int64)),
+        ptr=torch.from_numpy(np.asarray(ptr, dtype=np.int64)),
+        batch=torch.from_numpy(batch_ids),
+        y=torch.from_numpy(np.asarray(y, dtype=np.float32)),
+        index=torch.from_numpy(np.asarray(rows, dtype=np.int64)),
+        variant=torch.from_numpy(variant),
+        variants=tuple(variants),
+        added_features=tuple(added_features),
+    )
