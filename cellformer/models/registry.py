@@ -1,0 +1,34 @@
+"""Name -> model class, so configs and checkpoints can say ``model: dango``."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+
+from cellformer.genome import Genome
+from cellformer.graphs import GraphSet
+from cellformer.models.base import PhenotypeModel
+
+#: model name -> "module:Class"
+MODELS: dict[str, str] = {
+    "cellformer": "cellformer.models.cellformer:CellFormer",
+    "dango": "cellformer.models.baselines.dango:Dango",
+    "lazy": "cellformer.models.baselines.lazy:LazySubgraph",
+    "neighbor": "cellformer.models.baselines.neighbor:NeighborSubgraph",
+    "additive": "cellformer.models.baselines.additive:Additive",
+}
+
+
+def model_class(name: str) -> type[PhenotypeModel]:
+    """The class registered under ``name`` (unknown names raise with the list and close matches)."""
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, list(MODELS), n=2)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}{hint}")
+    module, cls = MODELS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_model(name: str, genome: Genome, graphs: GraphSet, phenotype_names: list[str], **hparams) -> PhenotypeModel:
+    """Instantiate model ``name`` with the data context and its hyper-parameters."""
+    return model_class(name)(genome, graphs, list(phenotype_names), **hparams)

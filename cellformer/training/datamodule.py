@@ -1,0 +1,197 @@
+"""LightningDataModule: dataset file + genome + graphs -> train/val/test loaders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+
+from cellformer.data.dataset import SPLITS, PerturbationData, PerturbationDataset, identity_collate
+from cellformer.data.splits import gene_holdout_split, random_split
+from cellformer.defaults import DEFAULT_DATASET, YEAST_GRAPHS
+from cellformer.genome import Genome, yeast_genome
+from cellformer.graphs import GeneGraph, GraphSet, load_edge_list, yeast_graphs
+
+
+@dataclass
+class DataContext:
+    """What a model needs to know about the data: genome, graphs and the phenotypes it predicts."""
+
+    genome: Genome
+    graphs: GraphSet
+    phenotype_names: list[str]
+
+
+def load_genome(spec: str) -> Genome:
+    """``"yeast"`` (the embedded gene list) or a path to a gene table TSV (``systematic_name`` column)."""
+    if spec == "yeast":
+        return yeast_genome()
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"genome {spec!r}: expected 'yeast' or an existing gene-table TSV path")
+    return Genome.from_tsv(path)
+
+
+def load_graphs(specs: list[str], genome: Genome, controls: dict[str, dict] | None = None) -> GraphSet:
+    """Graphs by name: shipped yeast graph names, or ``name=path[:directed]`` for an edge-list file.
+
+    ``controls`` replaces a graph by a degree-preserving rewired copy under the same name, e.g.
+    ``{"string_database": {"rewire": 1.0, "seed": 0}}`` (the random-graph control) or ``rewire: 0.3``
+    (a noisy graph). Unknown names raise with the list of shipped graphs.
+    """
+    controls = dict(controls or {})
+    graphs: list[GeneGraph] = []
+    shipped = [s for s in specs if "=" not in s]
+    if shipped and genome.name == "yeast":
+        graphs_by_name = dict(yeast_graphs(shipped, genome)[0].items())
+    elif shipped:
+        raise ValueError(
+            f"graphs {shipped} are shipped yeast graphs but the genome is {genome.name!r}; "
+            "give graphs as name=path.tsv for other genomes"
+        )
+    else:
+        graphs_by_name = {}
+    for spec in specs:
+        if "=" in spec:
+            name, path = spec.split("=", 1)
+            directed = path.endswith(":directed")
+            path = path.removesuffix(":directed")
+            graphs.append(load_edge_list(path, genome, name=name, directed=directed or None)[0])
+        else:
+            graphs.append(graphs_by_name[spec])
+    gs = GraphSet(graphs, genome.hash)
+    for name, ctl in controls.items():
+        if name not in gs:
+            raise KeyError(f"graph_controls names {name!r}, which is not among the graphs {gs.names}")
+        unknown = set(ctl) - {"rewire", "seed"}
+        if unknown:
+            raise ValueError(f"graph_controls[{name!r}]: unknown keys {sorted(unknown)}; expected rewire, seed")
+        g = gs[name].rewired(float(ctl.get("rewire", 1.0)), seed=int(ctl.get("seed", 0)), name=name)
+        gs = GraphSet([g if n == name else gs[n] for n in gs.names], genome.hash)
+    return gs
+
+
+class PerturbationDataModule(L.LightningDataModule):
+    """Loads a perturbation dataset (HDF5) with its genome and graphs and serves the splits.
+
+    Args:
+        dataset: path to an HDF5 dataset, or ``"default"`` for the embedded simulated yeast screen
+            (``data/yeast_sim.h5``, built on first use by ``cellformer data simulate``).
+        genome: ``"yeast"`` or a gene-table TSV path; must match the dataset's genome hash.
+        graphs: graph names (shipped yeast graphs: see ``cellformer data info --graphs``) or
+            ``name=path.tsv[:directed]`` edge lists.
+        graph_controls: per graph, replace it by a degree-preserving rewired copy (``rewire`` share of
+            edges, ``seed``) — the control arm of the graph-prior experiments.
+        phenotypes: the phenotypes to predict (default: all in the dataset); unknown names are errors.
+        split: ``stored`` (the dataset's own split), ``random``, ``gene_holdout`` (test = records with
+            at least one held-out gene) or ``gene_holdout_strict`` (all genes held out).
+        val_fraction, test_fraction, split_seed: for computed splits.
+        train_fraction, train_seed: keep only this share of the training records (learning curves).
+        max_records: use only the first records of a seeded permutation (quick runs).
+        batch_size, num_workers: loader settings.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "default",
+        genome: str = "yeast",
+        graphs: list[str] | None = None,
+        graph_controls: dict[str, dict] | None = None,
+        phenotypes: list[str] | None = None,
+        split: str = "stored",
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_seed: int = 0,
+        train_fraction: float = 1.0,
+        train_seed: int = 0,
+        max_records: int | None = None,
+        batch_size: int = 256,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if split not in {"stored", "random", "gene_holdout", "gene_holdout_strict"}:
+            raise ValueError(f"split {split!r}: expected stored, random, gene_holdout or gene_holdout_strict")
+        if not 0 < train_fraction <= 1:
+            raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
+        path = DEFAULT_DATASET if dataset == "default" else Path(dataset)
+        if dataset == "default" and not path.exists():
+            from cellformer.data.simulate import build_default_dataset
+
+            print(f"[cellformer] embedded default dataset missing: building {path} (cellformer data simulate)")
+            build_default_dataset(path)
+        self.dataset_path = path
+        data = PerturbationData.load(path)
+        self.genome = load_genome(genome)
+        if data.genome_hash and data.genome_hash != self.genome.hash:
+            raise ValueError(
+                f"dataset {path} was built for genome hash {data.genome_hash}, but genome {genome!r} has "
+                f"hash {self.genome.hash}"
+            )
+        names = list(YEAST_GRAPHS) if graphs is None else list(graphs)
+        self.graphs = load_graphs(names, self.genome, graph_controls)
+        if phenotypes is not None:
+            cols = [data.phenotype_index(p) for p in phenotypes]
+            data.phenotypes = data.phenotypes[:, cols]
+            data.phenotype_names = list(phenotypes)
+        self.data = data
+        self.phenotype_names = list(data.phenotype_names)
+        self.context = DataContext(self.genome, self.graphs, self.phenotype_names)
+        self._make_splits()
+
+    def _make_splits(self) -> None:
+        hp = self.hparams
+        n = len(self.data)
+        if hp.split == "stored":
+            split = self.data.split
+            if split is None:
+                raise ValueError(f"{self.dataset_path} stores no split; use split: random or gene_holdout")
+        elif hp.split == "random":
+            split = random_split(n, hp.val_fraction, hp.test_fraction, hp.split_seed)
+        else:
+            split, _ = gene_holdout_split(
+                self.data, hp.test_fraction, hp.val_fraction, strict=hp.split.endswith("strict"), seed=hp.split_seed
+            )
+        rng = np.random.default_rng(hp.split_seed)
+        keep = np.ones(n, dtype=bool)
+        if hp.max_records is not None and hp.max_records < n:
+            keep[:] = False
+            keep[rng.permutation(n)[: hp.max_records]] = True
+        self.split_index = {k: np.flatnonzero((split == v) & keep) for k, v in SPLITS.items()}
+        train = self.split_index["train"]
+        if hp.train_fraction < 1:
+            sub = np.random.default_rng(hp.train_seed).permutation(len(train))[
+                : max(1, int(hp.train_fraction * len(train)))
+            ]
+            self.split_index["train"] = np.sort(train[sub])
+
+    def dataset(self, split: str) -> PerturbationDataset:
+        return PerturbationDataset(self.data, self.split_index[split])
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+            collate_fn=identity_collate,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        return batch.to(device)

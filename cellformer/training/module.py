@@ -1,0 +1,209 @@
+"""LightningModule: any registered phenotype model + NaN-masked loss + metrics + monitoring."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from cellformer.data.dataset import PerturbationBatch
+from cellformer.models.registry import build_model
+from cellformer.training.metrics import format_metrics_table, masked_mse, regression_metrics
+
+CHECKPOINT_KEY = "cellformer"
+CHECKPOINT_VERSION = 1
+
+
+class PhenotypeModule(L.LightningModule):
+    """Trains a phenotype model (``model``: cellformer, dango, lazy, neighbor, additive).
+
+    Args:
+        model: registered model name (see :data:`cellformer.models.registry.MODELS`).
+        model_args: the model's hyper-parameters (e.g. ``d_model``, ``graph_reg`` for CellFormer).
+        lr, weight_decay: AdamW settings; ``warmup_steps`` of linear warm-up, then cosine decay to
+            ``lr * min_lr_ratio`` over the trainer's total steps.
+        phenotype_weights: loss weight per phenotype name (default 1 each); unknown names are errors.
+        monitor_rows: rows sampled for the attention–graph alignment monitor at validation.
+        context: the data context (genome, graphs, phenotype names), linked from the data module by
+            the CLI; not a hyper-parameter (it is stored in checkpoints separately).
+    """
+
+    def __init__(
+        self,
+        model: str = "cellformer",
+        model_args: dict[str, Any] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 50,
+        min_lr_ratio: float = 0.1,
+        phenotype_weights: dict[str, float] | None = None,
+        monitor_rows: int = 256,
+        context: Any = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["context"])
+        if context is None:
+            raise ValueError("PhenotypeModule needs the data context (genome, graphs, phenotypes) to build its model")
+        self.context = context
+        self.model = build_model(model, context.genome, context.graphs, context.phenotype_names, **(model_args or {}))
+        names = list(context.phenotype_names)
+        weights = dict(phenotype_weights or {})
+        unknown = set(weights) - set(names)
+        if unknown:
+            raise ValueError(f"phenotype_weights names unknown phenotypes {sorted(unknown)}; known: {names}")
+        self.register_buffer("pheno_weight", torch.tensor([weights.get(n, 1.0) for n in names]), persistent=False)
+        self._eval_store: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+        self.last_metrics: dict[str, dict[str, dict[str, float]]] = {}
+
+    @property
+    def phenotype_names(self) -> list[str]:
+        return list(self.context.phenotype_names)
+
+    def forward(self, batch: PerturbationBatch):
+        return self.model(batch)
+
+    # ------------------------------------------------------------------ steps
+    def _loss(self, batch: PerturbationBatch, stage: str):
+        out = self.model(batch)
+        mse, count = masked_mse(out.pred.float(), batch.y)
+        pheno_loss = (self.pheno_weight * mse).sum()
+        total = pheno_loss + sum(out.losses.values(), torch.zeros((), device=pheno_loss.device))
+        bs = batch.num_samples
+        log = {f"{stage}/loss": total, f"{stage}/phenotype_loss": pheno_loss}
+        for name, c, m in zip(self.phenotype_names, count, mse, strict=True):
+            if c > 0:
+                log[f"{stage}/mse/{name}"] = m
+        for name, v in out.losses.items():
+            log[f"{stage}/{name}"] = v
+        self.log_dict(
+            log, batch_size=bs, on_step=stage == "train", on_epoch=True, prog_bar=False, sync_dist=stage != "train"
+        )
+        self.log(
+            f"{stage}_loss",
+            total,
+            batch_size=bs,
+            prog_bar=True,
+            on_step=stage == "train",
+            on_epoch=True,
+            sync_dist=stage != "train",
+        )
+        return total, out
+
+    def training_step(self, batch: PerturbationBatch, batch_idx: int) -> torch.Tensor:
+        loss, _ = self._loss(batch, "train")
+        return loss
+
+    def _eval_step(self, batch: PerturbationBatch, stage: str) -> None:
+        _, out = self._loss(batch, stage)
+        self._eval_store.setdefault(stage, []).append((batch.index.detach(), out.pred.detach().float(), batch.y))
+
+    def validation_step(self, batch: PerturbationBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: PerturbationBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: PerturbationBatch, batch_idx: int) -> torch.Tensor:
+        return self.model(batch).pred
+
+    # ------------------------------------------------------------------ epoch ends
+    def _gather(self, stage: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        store = self._eval_store.pop(stage, [])
+        if not store:
+            return np.zeros(0, np.int64), np.zeros((0, len(self.phenotype_names))), np.zeros((0, 0))
+        idx = torch.cat([s[0] for s in store])
+        pred = torch.cat([s[1] for s in store])
+        y = torch.cat([s[2] for s in store])
+        if self.trainer is not None and self.trainer.world_size > 1:
+            idx, pred, y = (self.all_gather(t).flatten(0, 1) for t in (idx, pred, y))
+        idx_np = idx.cpu().numpy()
+        # a DistributedSampler pads with repeats: keep each record once
+        _, first = np.unique(idx_np, return_index=True)
+        return idx_np[first], pred.cpu().numpy()[first], y.cpu().numpy()[first]
+
+    def _epoch_metrics(self, stage: str) -> dict[str, dict[str, float]]:
+        _, pred, y = self._gather(stage)
+        metrics = regression_metrics(pred, y, self.phenotype_names)
+        flat = {}
+        for name, m in metrics.items():
+            for k in ("pearson", "spearman", "r2", "mse"):
+                if not math.isnan(m[k]):
+                    flat[f"{stage}/{k}/{name}"] = m[k]
+        if flat:
+            self.log_dict(flat, rank_zero_only=True)
+        self.last_metrics[stage] = metrics
+        return metrics
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_metrics("val")
+        monitor = getattr(self.model, "monitor", None)
+        if callable(monitor) and not self.trainer.sanity_checking:
+            values = monitor(rows=self.hparams.monitor_rows)
+            self.log_dict({f"monitor/{k}": float(v) for k, v in values.items()}, rank_zero_only=True)
+
+    def on_test_epoch_end(self) -> None:
+        metrics = self._epoch_metrics("test")
+        if self.trainer.is_global_zero:
+            print("\n" + format_metrics_table(metrics, f"test metrics ({self.hparams.model})") + "\n")
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for n, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "embed" in n or "norm" in n else decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self.trainer is not None else 1000
+        warm, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
+
+        def schedule(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            t = min(1.0, (step - warm) / max(1, total - warm))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = context_to_checkpoint(self.context, self.hparams.model, self.model.hparams_dict)
+
+
+def context_to_checkpoint(context, model_name: str, model_hparams: dict) -> dict:
+    """Everything needed to query a checkpoint, as tensors and plain Python (``weights_only``-safe)."""
+    g = context.genome
+    graphs = {}
+    for name, graph in context.graphs.items():
+        adj = graph.adj
+        graphs[name] = {
+            "indptr": torch.from_numpy(adj.indptr.astype(np.int64)),
+            "indices": torch.from_numpy(adj.indices.astype(np.int64)),
+            "data": torch.from_numpy(adj.data.astype(np.float32)),
+            "num_nodes": int(graph.num_nodes),
+            "directed": bool(graph.directed),
+        }
+    return {
+        "version": CHECKPOINT_VERSION,
+        "model": model_name,
+        "model_hparams": model_hparams,
+        "phenotype_names": list(context.phenotype_names),
+        "genome": {
+            "name": g.name,
+            "genes": list(g.genes),
+            "aliases": list(g.aliases),
+            "features": torch.from_numpy(g.features),
+            "added": torch.from_numpy(g.added.astype(np.bool_)),
+            "sequences": dict(g.sequences),
+            "hash": g.hash,
+        },
+        "graph_names": list(context.graphs.names),
+        "graphs": graphs,
+    }
