@@ -1,0 +1,590 @@
+"""Importers for published yeast genetic-interaction screens, producing :class:`PerturbationData`.
+
+Supported files (tab-separated, one header line):
+
+* **Costanzo et al. 2016** (Science 353, aaf1420), Data File S1 / thecellmap.org "pair-wise interaction
+  format" (``SGA_NxN.txt``, ``SGA_ExN_NxE.txt``, ``SGA_ExE.txt``, ``SGA_DAmP.txt``): :func:`read_costanzo2016`.
+* **Kuzmin et al. 2018** (Science 360, eaao1729), Data File S1 (raw digenic + trigenic scores):
+  :func:`read_kuzmin2018`.
+* **Kuzmin et al. 2020** (Science 368, eaaz5667), Table S1 exported to TSV: :func:`read_kuzmin2020`.
+
+Every reader returns ``(PerturbationData, ImportReport)``. Records use the genome's gene order
+(``data.genes == genome.genes``). Nothing is dropped silently: malformed rows raise
+:class:`ImportFormatError` (``file:line: problem``) unless ``skip_bad_rows=True``, in which case they are
+counted in the report with their line numbers; ORFs that are not in the genome are counted with examples.
+
+Record layout (the same for every format):
+
+1. **Fitness records** first, in order of first appearance: single mutants (and, for Kuzmin, the double
+   mutant query strains) built from the query / array fitness columns, de-duplicated by averaging every
+   finite observation per (ORFs, allele class, condition). ``fitness_n`` holds the number of observations
+   averaged; the other interaction columns are NaN.
+2. **Interaction records** next, one per data row, in file order: the double (Costanzo, Kuzmin digenic)
+   or triple (Kuzmin trigenic) mutant with its interaction score, p-value and combined fitness.
+
+Phenotype columns:
+
+* Costanzo 2016 (:data:`COSTANZO_PHENOTYPES`): ``fitness`` (single: mean SMF; double: double mutant
+  fitness), ``fitness_sd`` (double mutant fitness standard deviation; NaN for singles), ``fitness_n``
+  (singles: number of SMF observations averaged; NaN for doubles), ``epsilon`` (genetic interaction
+  score ε), ``epsilon_pvalue``, ``gi_significant`` (1.0 when |ε| > 0.08 and p < 0.05, else 0.0; NaN if
+  either is missing). Each record's condition is the ``Arraytype/Temp`` value (e.g. ``DMA30``).
+* Kuzmin 2018 / 2020 (:data:`KUZMIN_PHENOTYPES`): ``fitness`` (combined / double / triple mutant
+  fitness, or the mean query / array fitness for fitness records), ``fitness_sd``, ``fitness_n``,
+  ``epsilon`` (digenic: adjusted score, which equals the raw one), ``epsilon_raw``, ``tau`` (trigenic:
+  adjusted score τ), ``tau_raw`` (trigenic: raw score), ``pvalue``, ``gi_significant`` (digenic:
+  |ε| > 0.08 and p < 0.05; trigenic: τ < -0.08 and p < 0.05, the published cut-offs). These files have
+  no condition column, so ``data.condition`` is None.
+
+Perturbation types come from the allele class, the letters after the ``_`` of a strain id
+(:data:`ALLELE_CLASS_TYPES`): ``sn``, ``dma`` (deletions) -> DELETION; ``tsq``, ``tsa`` (temperature-
+sensitive) and ``damp`` (DAmP) -> KNOCKDOWN. Kuzmin's double-mutant query strains (class ``tm``) take
+each component's type from the allele name (``ntg1Δ+hoΔ``): a name with ``-`` (``mcm2-1``) or ``damp``
+is a KNOCKDOWN, anything else a DELETION.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cellformer.data.dataset import PerturbationData, PerturbationType
+from cellformer.genome.genome import Genome
+
+#: Allele class (letters after the ``_`` of a strain id) -> perturbation type.
+ALLELE_CLASS_TYPES: dict[str, PerturbationType] = {
+    "sn": PerturbationType.DELETION,
+    "dma": PerturbationType.DELETION,
+    "tsq": PerturbationType.KNOCKDOWN,
+    "tsa": PerturbationType.KNOCKDOWN,
+    "damp": PerturbationType.KNOCKDOWN,
+}
+#: Allele classes whose per-ORF types are read from the allele name (Kuzmin double-mutant queries).
+ALLELE_NAME_CLASSES = {"tm"}
+#: The hoΔ marker of Kuzmin's control queries (HO is silent in the screened background).
+HO_MARKER = "YDL227C"
+
+COSTANZO_HEADER = [
+    "Query Strain ID",
+    "Query allele name",
+    "Array Strain ID",
+    "Array allele name",
+    "Arraytype/Temp",
+    "Genetic interaction score (ε)",
+    "P-value",
+    "Query single mutant fitness (SMF)",
+    "Array SMF",
+    "Double mutant fitness",
+    "Double mutant fitness standard deviation",
+]
+KUZMIN2018_HEADER = [
+    "Query strain ID",
+    "Query allele name",
+    "Array strain ID",
+    "Array allele name",
+    "Combined mutant type",
+    "Raw genetic interaction score (epsilon)",
+    "Adjusted genetic interaction score (epsilon or tau)",
+    "P-value",
+    "Query single/double mutant fitness",
+    "Array single mutant fitness",
+    "Combined mutant fitness",
+    "Combined mutant fitness standard deviation",
+]
+#: Kuzmin 2020 Table S1: as 2018 but the last two columns name double/triple mutant fitness.
+KUZMIN2020_HEADER = KUZMIN2018_HEADER[:10] + [
+    "Double/triple mutant fitness",
+    "Double/triple mutant fitness standard deviation",
+]
+
+COSTANZO_PHENOTYPES = ["fitness", "fitness_sd", "fitness_n", "epsilon", "epsilon_pvalue", "gi_significant"]
+KUZMIN_PHENOTYPES = [
+    "fitness",
+    "fitness_sd",
+    "fitness_n",
+    "epsilon",
+    "epsilon_raw",
+    "tau",
+    "tau_raw",
+    "pvalue",
+    "gi_significant",
+]
+PHENOTYPE_DOCS: dict[str, str] = {
+    "fitness": "fitness relative to wild type (single: mean of the SMF observations; double/triple: "
+    "combined mutant fitness)",
+    "fitness_sd": "standard deviation of the double/triple mutant fitness (NaN for fitness records)",
+    "fitness_n": "number of observations averaged into a fitness record (NaN for interaction records)",
+    "epsilon": "digenic genetic interaction score ε",
+    "epsilon_pvalue": "p-value of ε",
+    "epsilon_raw": "raw digenic interaction score",
+    "tau": "adjusted trigenic interaction score τ",
+    "tau_raw": "raw trigenic interaction score",
+    "pvalue": "p-value of the interaction score",
+    "gi_significant": "1.0 if the interaction passes the published cut-off (digenic |ε| > 0.08, p < 0.05; "
+    "trigenic τ < -0.08, p < 0.05), 0.0 if not, NaN if unscored",
+}
+
+_MISSING = {"", "na", "nan", "n/a", "null", "none"}
+
+
+class ImportFormatError(ValueError):
+    """A file that does not have the expected layout; the message names ``file:line`` and the problem."""
+
+    def __init__(self, path: str | Path, line: int, problem: str):
+        self.path = str(path)
+        self.line = line
+        self.problem = problem
+        super().__init__(f"{path}:{line}: {problem}")
+
+
+class _RowError(Exception):
+    """A malformed data row (internal; becomes ImportFormatError or a report entry)."""
+
+
+@dataclass
+class ImportReport:
+    """What happened to the rows of one screen file.
+
+    Attributes:
+        source: the file read.
+        format: the importer's format name.
+        rows: data rows read (header and blank lines excluded).
+        interaction_rows: rows that became an interaction record.
+        bad_rows / bad_examples: malformed rows skipped (``skip_bad_rows=True``), ``(line, problem)``.
+        unmapped_rows / unmapped_genes / unmapped_examples: rows naming ORFs that are not in the genome
+            (their interaction record is not made; fitness of their mapped strains is still used),
+            ``(line, ORF)`` examples.
+        skipped: other rows or values left out, by reason (e.g. missing fitness values).
+        records_by_size: number of records of each set size.
+        fitness_records / fitness_observations: de-duplicated fitness records and the finite values
+            averaged into them.
+        notes: remarks about the file (e.g. header names that differ from the documented ones).
+    """
+
+    source: str
+    format: str
+    rows: int = 0
+    interaction_rows: int = 0
+    bad_rows: int = 0
+    bad_examples: list[tuple[int, str]] = field(default_factory=list)
+    unmapped_rows: int = 0
+    unmapped_genes: set[str] = field(default_factory=set)
+    unmapped_examples: list[tuple[int, str]] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    records_by_size: dict[int, int] = field(default_factory=dict)
+    fitness_records: int = 0
+    fitness_observations: int = 0
+    notes: list[str] = field(default_factory=list)
+    max_examples: int = 5
+
+    def add_bad(self, line: int, problem: str) -> None:
+        self.bad_rows += 1
+        if len(self.bad_examples) < self.max_examples:
+            self.bad_examples.append((line, problem))
+
+    def add_unmapped(self, line: int, gene: str) -> None:
+        self.unmapped_genes.add(gene)
+        if len(self.unmapped_examples) < self.max_examples:
+            self.unmapped_examples.append((line, gene))
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + n
+
+    @property
+    def num_records(self) -> int:
+        return sum(self.records_by_size.values())
+
+    def summary(self) -> str:
+        """A readable paragraph."""
+        sizes = ", ".join(f"{n} of size {k}" for k, n in sorted(self.records_by_size.items())) or "none"
+        parts = [
+            f"{self.source} ({self.format}): {self.rows} data rows read, {self.num_records} records made "
+            f"({sizes}); {self.interaction_rows} interaction records, {self.fitness_records} fitness records "
+            f"averaged from {self.fitness_observations} observations"
+        ]
+        if self.bad_rows:
+            ex = "; ".join(f"line {ln}: {p}" for ln, p in self.bad_examples)
+            parts.append(f"{self.bad_rows} malformed rows skipped (e.g. {ex})")
+        if self.unmapped_rows:
+            ex = ", ".join(f"line {ln}: {g}" for ln, g in self.unmapped_examples)
+            parts.append(
+                f"{self.unmapped_rows} rows name ORFs not in the genome ({len(self.unmapped_genes)} distinct; "
+                f"e.g. {ex}); their interaction records were not made"
+            )
+        for reason, n in self.skipped.items():
+            parts.append(f"{n} {reason}")
+        parts.extend(self.notes)
+        return ". ".join(parts) + "."
+
+
+# ---------------------------------------------------------------------- small helpers
+def significance_call(eps, p, eps_cut: float = 0.08, p_cut: float = 0.05):
+    """The standard Costanzo digenic call: 1.0 if ``|eps| > eps_cut`` and ``p < p_cut``, else 0.0.
+
+    Works on scalars (returns a float) and arrays (returns a float array); NaN where either input is NaN.
+    """
+    e, q = np.asarray(eps, dtype=np.float64), np.asarray(p, dtype=np.float64)
+    out = np.where(np.isnan(e) | np.isnan(q), np.nan, ((np.abs(e) > eps_cut) & (q < p_cut)).astype(np.float64))
+    return float(out) if out.ndim == 0 else out
+
+
+def trigenic_significance_call(tau, p, tau_cut: float = -0.08, p_cut: float = 0.05):
+    """Kuzmin et al.'s trigenic call: 1.0 if ``tau < tau_cut`` and ``p < p_cut``, else 0.0 (NaN if missing)."""
+    t, q = np.asarray(tau, dtype=np.float64), np.asarray(p, dtype=np.float64)
+    out = np.where(np.isnan(t) | np.isnan(q), np.nan, ((t < tau_cut) & (q < p_cut)).astype(np.float64))
+    return float(out) if out.ndim == 0 else out
+
+
+@dataclass(frozen=True)
+class Strain:
+    """A parsed strain id: ``YAL002W_sn1234`` -> ORFs ``("YAL002W",)``, allele class ``"sn"``."""
+
+    orfs: tuple[str, ...]
+    allele_class: str
+    raw: str
+
+
+_SUFFIX = re.compile(r"([A-Za-z]+)\d*")
+
+
+def parse_strain_id(strain_id: str) -> Strain:
+    """Split a strain id ``ORF[+ORF]_<class><number>`` (raises ``ValueError`` when it does not parse)."""
+    s = strain_id.strip()
+    orf_part, sep, suffix = s.partition("_")
+    if not sep or not orf_part or not suffix:
+        raise ValueError(f"strain id {s!r} is not of the form ORF_allele (e.g. YAL002W_sn1234)")
+    m = _SUFFIX.fullmatch(suffix)
+    if m is None:
+        raise ValueError(f"strain id {s!r}: allele suffix {suffix!r} is not letters followed by digits")
+    orfs = tuple(o.strip() for o in orf_part.split("+"))
+    if any(not o for o in orfs):
+        raise ValueError(f"strain id {s!r} has an empty ORF name")
+    return Strain(orfs, m.group(1).lower(), s)
+
+
+def _allele_name_type(name: str) -> PerturbationType:
+    """Type of one allele name: ts alleles (``mcm2-1``) and DAmP are knockdowns, others deletions."""
+    n = name.strip().lower()
+    if "-" in n or "damp" in n:
+        return PerturbationType.KNOCKDOWN
+    return PerturbationType.DELETION
+
+
+def _strain_types(strain: Strain, allele_name: str) -> list[PerturbationType]:
+    cls = strain.allele_class
+    if cls in ALLELE_CLASS_TYPES:
+        return [ALLELE_CLASS_TYPES[cls]] * len(strain.orfs)
+    if cls in ALLELE_NAME_CLASSES:
+        parts = [p for p in allele_name.split("+")]
+        if len(parts) != len(strain.orfs):
+            raise _RowError(
+                f"allele name {allele_name!r} has {len(parts)} parts but strain {strain.raw!r} has "
+                f"{len(strain.orfs)} ORFs"
+            )
+        return [_allele_name_type(p) for p in parts]
+    known = ", ".join(sorted(ALLELE_CLASS_TYPES) + sorted(ALLELE_NAME_CLASSES))
+    raise _RowError(f"strain id {strain.raw!r}: unknown allele class {cls!r} (known: {known})")
+
+
+def _parse_strain(value: str) -> Strain:
+    try:
+        return parse_strain_id(value)
+    except ValueError as e:
+        raise _RowError(str(e)) from None
+
+
+def _number(value: str, column: str) -> float:
+    v = value.strip()
+    if v.lower() in _MISSING:
+        return math.nan
+    try:
+        return float(v)
+    except ValueError:
+        raise _RowError(f"column {column!r}: {v!r} is not a number") from None
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _open(path: Path):
+    """Text lines of a (gzipped) file; undecodable bytes are replaced rather than fatal."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")
+    return open(path, encoding="utf-8-sig", errors="replace", newline="")
+
+
+def _rows(path: Path, expected: Sequence[str], report: ImportReport) -> Iterator[tuple[int, list[str]]]:
+    """Yield ``(line number, fields)`` of the data rows after checking the header."""
+    with _open(path) as fh:
+        header_seen = False
+        for lineno, raw in enumerate(fh, start=1):
+            line = raw.rstrip("\r\n")
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if not header_seen:
+                _check_header(path, lineno, fields, expected, report)
+                header_seen = True
+                continue
+            yield lineno, fields
+        if not header_seen:
+            raise ImportFormatError(path, 1, "empty file (expected a header line)")
+
+
+def _check_header(path: Path, lineno: int, fields: list[str], expected: Sequence[str], report: ImportReport) -> None:
+    if len(fields) != len(expected) or not _norm(fields[0]).startswith(_norm(expected[0])):
+        raise ImportFormatError(
+            path,
+            lineno,
+            f"expected a header of {len(expected)} tab-separated columns starting {expected[0]!r} "
+            f"({' | '.join(expected)}); got {len(fields)} columns starting {fields[0]!r}",
+        )
+    for i, (got, want) in enumerate(zip(fields, expected, strict=True)):
+        if _norm(got) != _norm(want):
+            report.notes.append(f"header column {i + 1} is {got.strip()!r} (documented: {want!r}); read by position")
+
+
+class _Builder:
+    """Collects fitness observations (de-duplicated) and interaction records."""
+
+    def __init__(self, phenotype_names: list[str]):
+        self.names = phenotype_names
+        self.col = {n: i for i, n in enumerate(phenotype_names)}
+        # key -> [sum, n, genes, types, condition]
+        self.fitness: dict[tuple, list] = {}
+        self.records: list[tuple[list[int], list[int], np.ndarray, str]] = []
+
+    def add_fitness(
+        self,
+        genes: list[int],
+        types: list[PerturbationType],
+        allele_class: str,
+        condition: str,
+        value: float,
+        report: ImportReport,
+    ) -> None:
+        if math.isnan(value):
+            report.skip("fitness observations missing (NaN) and not averaged")
+            return
+        order = sorted(range(len(genes)), key=lambda k: genes[k])
+        g = [genes[k] for k in order]
+        t = [int(types[k]) for k in order]
+        key = (tuple(g), tuple(t), allele_class, condition)
+        acc = self.fitness.get(key)
+        if acc is None:
+            self.fitness[key] = [value, 1, g, t, condition]
+        else:
+            acc[0] += value
+            acc[1] += 1
+        report.fitness_observations += 1
+
+    def add_record(self, genes: list[int], types: list[PerturbationType], condition: str, **phenotypes: float) -> None:
+        y = np.full(len(self.names), np.nan, dtype=np.float32)
+        for k, v in phenotypes.items():
+            y[self.col[k]] = v
+        self.records.append((list(genes), [int(t) for t in types], y, condition))
+
+    def build(
+        self, genome: Genome, report: ImportReport, fmt: str, path: Path, with_condition: bool
+    ) -> PerturbationData:
+        rows: list[tuple[list[int], list[int], np.ndarray, str]] = []
+        for total, n, g, t, cond in self.fitness.values():
+            y = np.full(len(self.names), np.nan, dtype=np.float32)
+            y[self.col["fitness"]] = total / n
+            y[self.col["fitness_n"]] = n
+            rows.append((g, t, y, cond))
+        report.fitness_records = len(rows)
+        rows.extend(self.records)
+        report.interaction_rows = len(self.records)
+        sizes = np.array([len(r[0]) for r in rows], dtype=np.int64)
+        for s in sizes.tolist():
+            report.records_by_size[s] = report.records_by_size.get(s, 0) + 1
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        gene_index = np.array([g for r in rows for g in r[0]], dtype=np.int32)
+        types = np.array([t for r in rows for t in r[1]], dtype=np.int8)
+        phen = np.stack([r[2] for r in rows]) if rows else np.zeros((0, len(self.names)), np.float32)
+        return PerturbationData(
+            genes=list(genome.genes),
+            offsets=offsets,
+            gene_index=gene_index,
+            types=types,
+            phenotypes=phen,
+            phenotype_names=list(self.names),
+            condition=[r[3] for r in rows] if with_condition else None,
+            genome_hash=genome.hash,
+            genome_name=genome.name,
+            description=f"{fmt} import of {path.name}",
+            attrs={
+                "import_format": fmt,
+                "import_source": str(path),
+                "phenotype_docs": json.dumps({n: PHENOTYPE_DOCS[n] for n in self.names}),
+            },
+        )
+
+
+def _map(genome: Genome, orfs: Sequence[str], lineno: int, report: ImportReport) -> list[int]:
+    idx = [genome.lookup(o) for o in orfs]
+    missing = [o for o, i in zip(orfs, idx, strict=True) if i < 0]
+    if missing:
+        report.unmapped_rows += 1
+        for o in missing:
+            report.add_unmapped(lineno, o)
+    return idx
+
+
+def _handle_bad(path: Path, lineno: int, err: _RowError, skip_bad_rows: bool, report: ImportReport) -> None:
+    if not skip_bad_rows:
+        raise ImportFormatError(path, lineno, str(err)) from None
+    report.add_bad(lineno, str(err))
+
+
+# ---------------------------------------------------------------------- Costanzo 2016
+def read_costanzo2016(
+    path: str | Path, genome: Genome, skip_bad_rows: bool = False
+) -> tuple[PerturbationData, ImportReport]:
+    """Read a Costanzo 2016 pair-wise genetic interaction file (11 tab-separated columns).
+
+    Each row gives one double mutant record (query ORF, array ORF) with ``epsilon``, ``epsilon_pvalue``,
+    ``fitness`` (double mutant fitness), ``fitness_sd`` and ``gi_significant``; its condition is the
+    ``Arraytype/Temp`` column. The query and array SMF columns give single mutant fitness records,
+    averaged per (ORF, allele class, condition) with the count in ``fitness_n``. Rows pairing an ORF with
+    itself give no double record (counted in the report). See the module docstring for the full layout.
+    """
+    path = Path(path)
+    report = ImportReport(str(path), "costanzo2016")
+    b = _Builder(COSTANZO_PHENOTYPES)
+    for lineno, f in _rows(path, COSTANZO_HEADER, report):
+        report.rows += 1
+        try:
+            if len(f) != len(COSTANZO_HEADER):
+                raise _RowError(f"expected {len(COSTANZO_HEADER)} tab-separated columns, got {len(f)}")
+            q, a = _parse_strain(f[0]), _parse_strain(f[2])
+            for s in (q, a):
+                if len(s.orfs) != 1:
+                    raise _RowError(f"strain id {s.raw!r} names {len(s.orfs)} ORFs; Costanzo strains have one")
+            qt, at = _strain_types(q, f[1])[0], _strain_types(a, f[3])[0]
+            cond = f[4].strip()
+            eps, p, qsmf, asmf, dmf, dsd = (_number(f[i], COSTANZO_HEADER[i]) for i in range(5, 11))
+        except _RowError as e:
+            _handle_bad(path, lineno, e, skip_bad_rows, report)
+            continue
+        qi, ai = _map(genome, [q.orfs[0], a.orfs[0]], lineno, report)
+        if qi >= 0:
+            b.add_fitness([qi], [qt], q.allele_class, cond, qsmf, report)
+        if ai >= 0:
+            b.add_fitness([ai], [at], a.allele_class, cond, asmf, report)
+        if qi < 0 or ai < 0:
+            continue
+        if qi == ai:
+            report.skip("rows pairing an ORF with itself (no double mutant record)")
+            continue
+        b.add_record(
+            [qi, ai],
+            [qt, at],
+            cond,
+            epsilon=eps,
+            epsilon_pvalue=p,
+            fitness=dmf,
+            fitness_sd=dsd,
+            gi_significant=significance_call(eps, p),
+        )
+    return b.build(genome, report, "costanzo2016", path, with_condition=True), report
+
+
+# ---------------------------------------------------------------------- Kuzmin 2018 / 2020
+def _read_kuzmin(
+    path: Path, genome: Genome, header: list[str], fmt: str, skip_bad_rows: bool, marker: str
+) -> tuple[PerturbationData, ImportReport]:
+    report = ImportReport(str(path), fmt)
+    b = _Builder(KUZMIN_PHENOTYPES)
+    marker_u = marker.upper()
+    for lineno, f in _rows(path, header, report):
+        report.rows += 1
+        try:
+            if len(f) != len(header):
+                raise _RowError(f"expected {len(header)} tab-separated columns, got {len(f)}")
+            q, a = _parse_strain(f[0]), _parse_strain(f[2])
+            if len(a.orfs) != 1:
+                raise _RowError(f"array strain {a.raw!r} names {len(a.orfs)} ORFs; arrays are single mutants")
+            qtypes, at = _strain_types(q, f[1]), _strain_types(a, f[3])[0]
+            kind = f[4].strip().lower()
+            raw, adj, p, qfit, afit, cfit, csd = (_number(f[i], header[i]) for i in range(5, 12))
+            qorfs = list(q.orfs)
+            has_marker = [o.upper() == marker_u for o in qorfs]
+            if kind == "digenic":
+                core = [(o, t) for o, t, m in zip(qorfs, qtypes, has_marker, strict=True) if not m]
+                if len(core) != 1:
+                    raise _RowError(f"digenic row: query {q.raw!r} should be one ORF (plus the {marker} hoΔ marker)")
+            elif kind == "trigenic":
+                if len(qorfs) != 2 or any(has_marker):
+                    raise _RowError(f"trigenic row: query {q.raw!r} should be two ORFs (neither the hoΔ marker)")
+                core = list(zip(qorfs, qtypes, strict=True))
+            else:
+                raise _RowError(f"combined mutant type {f[4].strip()!r} is neither 'digenic' nor 'trigenic'")
+        except _RowError as e:
+            _handle_bad(path, lineno, e, skip_bad_rows, report)
+            continue
+        if kind == "digenic" and any(has_marker):
+            report.skip("hoΔ markers dropped from digenic queries")
+        idx = _map(genome, [o for o, _ in core] + [a.orfs[0]], lineno, report)
+        qidx, ai = idx[:-1], idx[-1]
+        ctypes = [t for _, t in core]
+        if all(i >= 0 for i in qidx) and len(set(qidx)) == len(qidx):
+            b.add_fitness(qidx, ctypes, q.allele_class, "", qfit, report)
+        if ai >= 0:
+            b.add_fitness([ai], [at], a.allele_class, "", afit, report)
+        if any(i < 0 for i in idx):
+            continue
+        if len(set(idx)) != len(idx):
+            report.skip("rows repeating an ORF within the combined mutant (no interaction record)")
+            continue
+        if kind == "digenic":
+            ph = {"epsilon": adj, "epsilon_raw": raw, "gi_significant": significance_call(adj, p)}
+        else:
+            ph = {"tau": adj, "tau_raw": raw, "gi_significant": trigenic_significance_call(adj, p)}
+        b.add_record(idx, ctypes + [at], "", pvalue=p, fitness=cfit, fitness_sd=csd, **ph)
+    return b.build(genome, report, fmt, path, with_condition=False), report
+
+
+def read_kuzmin2018(
+    path: str | Path, genome: Genome, skip_bad_rows: bool = False, marker: str = HO_MARKER
+) -> tuple[PerturbationData, ImportReport]:
+    """Read Kuzmin et al. 2018 Data File S1 (12 tab-separated columns, digenic and trigenic rows).
+
+    Queries like ``YAL015C+YDL227C_tm461`` are double-mutant query strains. On ``digenic`` rows the
+    hoΔ marker (``marker``, YDL227C) is dropped, giving the double mutant (query ORF, array ORF) with
+    ``epsilon`` = adjusted score and ``epsilon_raw`` = raw score; on ``trigenic`` rows the record is
+    the triple (both query ORFs + array) with ``tau`` = adjusted and ``tau_raw`` = raw score. Both carry
+    ``pvalue``, ``fitness`` (combined mutant fitness), ``fitness_sd`` and ``gi_significant``. Query and
+    array fitness columns give de-duplicated fitness records: single mutants (array strains, and
+    control queries whose second ORF is the marker) and double mutants (trigenic queries).
+    """
+    return _read_kuzmin(Path(path), genome, KUZMIN2018_HEADER, "kuzmin2018", skip_bad_rows, marker)
+
+
+def read_kuzmin2020(
+    path: str | Path, genome: Genome, skip_bad_rows: bool = False, marker: str = HO_MARKER
+) -> tuple[PerturbationData, ImportReport]:
+    """Read Kuzmin et al. 2020 Table S1, exported from the supplementary xlsx to TSV.
+
+    The layout (checked against the published Table S1 header) is that of 2018 with the last two
+    columns named ``Double/triple mutant fitness`` and ``Double/triple mutant fitness standard
+    deviation``; records and phenotypes are as in :func:`read_kuzmin2018`. Columns are read by
+    position, so header wording differences are only noted in the report.
+    """
+    return _read_kuzmin(Path(path), genome, KUZMIN2020_HEADER, "kuzmin2020", skip_bad_rows, marker)
+
+
+SCREEN_READERS = {
+    "costanzo2016": read_costanzo2016,
+    "kuzmin2018": read_kuzmin2018,
+    "kuzmin2020": read_kuzmin2020,
+}
