@@ -10,7 +10,8 @@ On disk (HDF5, see ``data/README.md``)::
     /records/split         (R,)  int8     0 train, 1 val, 2 test, -1 unassigned   (optional)
     /records/condition     (R,)  utf-8    e.g. DMA30                              (optional)
     /heterologous/names, /heterologous/sequences   added genes (index >= N)        (optional)
-    /meta/...              free-form provenance (e.g. the simulator's ground truth)
+    /meta/...              free-form provenance (e.g. the simulator's ground truth); arrays named
+                           record_* are per record and follow the records in subset()
     attrs: phenotype_names (json list), genome_hash, genome_name, description, format_version
 
 In memory a batch is compact (CSR style), never a dense N-length tensor per sample: see
@@ -143,7 +144,7 @@ class PerturbationData:
             genome_hash=self.genome_hash,
             genome_name=self.genome_name,
             description=self.description,
-            meta=self.meta,
+            meta={k: (v[rows] if k.startswith("record_") else v) for k, v in self.meta.items()},
             attrs=dict(self.attrs),
         )
 

@@ -121,16 +121,19 @@ class GeneGraph:
     def rewired(self, fraction: float = 1.0, seed: int = 0, name: str | None = None) -> GeneGraph:
         """A degree-preserving randomised copy (the control for graph-prior experiments).
 
-        ``fraction`` of the edges take part in swaps (``fraction * E`` successful double-edge swaps,
-        networkx's ``double_edge_swap`` / ``directed_edge_swap``): 1.0 gives a fully randomised graph
-        with the same degree sequence, 0.2 a "noisy" graph with ~20% of its edges moved. Every node
-        keeps its (in- and out-) degree; weights travel with the edges.
+        About ``fraction`` of the edges are moved by random swaps (networkx's ``double_edge_swap`` /
+        ``directed_edge_swap``; ``-ln(1 - fraction) * E / k`` swaps of k = 2 (3 directed) edges each):
+        1.0 gives a fully randomised graph with the same degree sequence, 0.2 a "noisy" graph keeping
+        ~80% of its edges. Every node keeps its (in- and out-) degree; weights travel with the edges.
         """
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"fraction must be in [0, 1], got {fraction}")
         g = self.to_networkx()
         g.remove_nodes_from([n for n, d in list(g.degree()) if d == 0])
-        nswap = int(round(fraction * self.num_edges))
+        # a swap moves k random edges (k = 2 undirected, 3 directed), so after S swaps about exp(-k S / E) of the
+        # edges are untouched: choose S so that ~`fraction` of the edges move (capped at 95%: fully randomised)
+        per_swap = 3 if self.directed else 2
+        nswap = int(round(-np.log1p(-min(fraction, 0.95)) * self.num_edges / per_swap))
         if nswap > 0:
             tries = max(100 * nswap, 1000)
             if self.directed:

@@ -1,0 +1,278 @@
+"""``cellformer data``: build, import and inspect datasets and graphs.
+
+Sub-commands: ``simulate``, ``import``, ``info`` (here) and ``import-graph``, ``import-screen``, ``fetch``
+(registered by :mod:`cellformer.data.importers.cli` when present). Each sub-command sets
+``func(args) -> int``; user errors print one line to stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cellformer.defaults import DEFAULT_DATASET, YEAST_GRAPHS
+
+PROG = "cellformer data"
+
+
+class UserError(Exception):
+    """An error caused by the command line or the input files (reported without a traceback)."""
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to option help unless the default is empty or already described."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            action.default is None
+            or action.default is False
+            or action.default == argparse.SUPPRESS
+            or "default" in text.lower()
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+# ---------------------------------------------------------------------- simulate
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from cellformer.data.simulate import simulate
+    from cellformer.genome import yeast_genome
+    from cellformer.graphs import yeast_graphs
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise UserError(f"{out} already exists; pass --force to overwrite it")
+    genome = yeast_genome()
+    graphs, _ = yeast_graphs([args.truth_graph], genome=genome)
+    data = simulate(
+        genome,
+        graphs,
+        truth_graph=args.truth_graph,
+        n_singles=args.singles,
+        n_doubles=args.doubles,
+        n_triples=args.triples,
+        off_graph_share=args.off_graph_share,
+        noise=args.noise,
+        seed=args.seed,
+    )
+    data.save(out)
+    print(f"wrote {out}: {data.description}")
+    return 0
+
+
+# ---------------------------------------------------------------------- import
+def _cmd_import(args: argparse.Namespace) -> int:
+    from cellformer.data.splits import random_split
+    from cellformer.data.table import import_table
+
+    table = Path(args.table)
+    out = Path(args.out) if args.out else table.with_name(table.name.split(".")[0] + ".h5")
+    if out.exists() and not args.force:
+        raise UserError(f"{out} already exists; pass --force to overwrite it")
+    genome = _load_genome(args.genome)
+    rejects = Path(args.rejects) if args.rejects else out.with_name(out.name.split(".")[0] + ".rejects.tsv")
+    data, report = import_table(table, genome, skip_bad_rows=args.skip_bad_rows, rejects_path=rejects)
+    if data.split is None:
+        data.split = random_split(len(data), seed=args.seed)
+        print(f"no 'split' column: assigned a random 80/10/10 split (seed {args.seed})")
+    data.save(out)
+    print(report.summary())
+    print(f"wrote {out}: {len(data)} records over {len(data.genes)} genes")
+    return 0
+
+
+def _load_genome(path: str | None):
+    from cellformer.genome import Genome, yeast_genome
+
+    if path is None:
+        return yeast_genome()
+    if not Path(path).exists():
+        raise UserError(f"genome file {path} does not exist")
+    return Genome.from_tsv(path)
+
+
+# ---------------------------------------------------------------------- info
+def _cmd_info(args: argparse.Namespace) -> int:
+    from cellformer.data.dataset import PerturbationData
+
+    path = Path(args.path)
+    if not path.exists():
+        if args.graphs:
+            print(f"dataset {path}: not built (build it with `cellformer data simulate`)\n")
+            _print_graphs(detailed=True)
+            return 0
+        raise UserError(f"dataset {path} does not exist (build it with `cellformer data simulate`)")
+    data = PerturbationData.load(path)
+    print(f"dataset {path}")
+    if data.description:
+        print(f"  {data.description}")
+    het = f", {len(data.heterologous)} heterologous" if data.heterologous else ""
+    print(f"genes: {len(data.genes)}{het} (genome {data.genome_name or '?'}, hash {data.genome_hash or '?'})")
+    for k in sorted(data.attrs):
+        print(f"  {k}: {data.attrs[k]}")
+
+    sizes = data.set_sizes
+    print(f"records: {len(data)} ({len(data.gene_index)} perturbed-gene entries)")
+    for k, c in zip(*np.unique(sizes, return_counts=True), strict=True):
+        print(f"  set size {k}: {c}")
+    print("phenotype coverage:")
+    print(f"  {'phenotype':<20} {'measured':>9} {'mean':>10} {'sd':>10}")
+    for j, name in enumerate(data.phenotype_names):
+        v = data.phenotypes[:, j]
+        v = v[~np.isnan(v)]
+        mean = f"{v.mean():10.4f}" if len(v) else f"{'-':>10}"
+        sd = f"{v.std():10.4f}" if len(v) else f"{'-':>10}"
+        print(f"  {name:<20} {len(v):>9} {mean} {sd}")
+    if data.split is None:
+        print("splits: none stored")
+    else:
+        names = {0: "train", 1: "val", 2: "test", -1: "unassigned"}
+        parts = [f"{names.get(int(k), k)} {c}" for k, c in zip(*np.unique(data.split, return_counts=True), strict=True)]
+        print(f"splits: {', '.join(parts)}")
+
+    from cellformer.genome import yeast_genome
+
+    if data.genome_hash == yeast_genome().hash:
+        print()
+        _print_graphs(detailed=args.graphs)
+    else:
+        print("\n(the dataset's genome is not the embedded yeast genome: shipped graphs not shown)")
+    return 0
+
+
+def _print_graphs(detailed: bool) -> None:
+    from cellformer.graphs import yeast_graphs
+
+    graphs, reports = yeast_graphs()
+    print(f"shipped yeast graphs ({len(graphs)}):")
+    for name, g in graphs.items():
+        rep = reports[name]
+        kind = "directed" if g.directed else "undirected"
+        unmapped = f", {rep.unmapped_rows} unmapped rows" if rep.unmapped_rows else ""
+        print(f"  {name:<20} {g.num_edges:>7} edges ({kind}){unmapped}   [{YEAST_GRAPHS[name][0]}]")
+        if detailed:
+            st = g.degree_stats()
+            print(
+                f"  {'':<20} genes with edges {st['nodes_with_edges']}, mean degree {st['mean_degree']:.2f}, "
+                f"median (non-zero) {st['median_degree_nonzero']:.0f}, max {st['max_degree']}"
+            )
+            if rep.unmapped_rows:
+                print(f"  {'':<20} {rep.summary()}")
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cellformer data`` argument parser (sub-commands set ``func``)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Build, import and inspect perturbation datasets and gene graphs.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+
+    p = sub.add_parser(
+        "simulate",
+        help="simulate single/double/triple deletion screens on the yeast genome",
+        description=(
+            "Simulate deletion screens whose genetic interactions follow the modules (communities) of a "
+            "real yeast graph, with a share of interactions that follow no graph. The result is the "
+            "embedded default dataset when written to the default path. See data/README.md."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--out", default=str(DEFAULT_DATASET), help="output HDF5 file")
+    p.add_argument(
+        "--truth-graph", default="string_database", choices=list(YEAST_GRAPHS), help="graph the interactions follow"
+    )
+    p.add_argument("--singles", type=int, default=None, help="number of single mutants (default: every gene)")
+    p.add_argument("--doubles", type=int, default=40000, help="number of double mutants")
+    p.add_argument("--triples", type=int, default=10000, help="number of triple mutants")
+    p.add_argument(
+        "--off-graph-share",
+        type=float,
+        default=0.2,
+        help="share of interacting pairs put on random non-module, non-edge gene pairs (in [0, 1))",
+    )
+    p.add_argument("--noise", type=float, default=0.02, help="sd of the Gaussian measurement noise")
+    p.add_argument("--seed", type=int, default=0, help="random seed (everything is deterministic given it)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser(
+        "import",
+        help="import a perturbation table (TSV) into an HDF5 dataset",
+        description=(
+            "Import a TSV with a header: 'genes' (gene names separated by ';', systematic or standard, any "
+            "case), optional 'types' (deletion, knockdown, overexpression, addition; one per gene, ';'), "
+            "optional 'split' (train/val/test), optional 'condition'; every other column is a numeric "
+            "phenotype (empty or NA = not measured). A bad row stops the import with its line number "
+            "unless --skip-bad-rows. Without a 'split' column a seeded random 80/10/10 split is stored."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("table", help="the perturbation table (.tsv or .tsv.gz)")
+    p.add_argument(
+        "--genome", default=None, help="gene table (systematic_name, standard_name); default: embedded yeast"
+    )
+    p.add_argument("--out", default=None, help="output HDF5 file (default: the table's name with .h5)")
+    p.add_argument(
+        "--skip-bad-rows", action="store_true", help="skip bad rows (written to --rejects) instead of failing"
+    )
+    p.add_argument("--rejects", default=None, help="TSV for skipped rows (default: <out>.rejects.tsv)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random split when the table has none")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.set_defaults(func=_cmd_import)
+
+    p = sub.add_parser(
+        "info",
+        help="summarise a dataset and the shipped graphs",
+        description=(
+            "Print a dataset's genes, records by set size, per-phenotype coverage (measured, mean, sd) and "
+            "splits, and the shipped yeast graphs with edge counts and unmapped-row reports."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("path", nargs="?", default=str(DEFAULT_DATASET), help="dataset (HDF5)")
+    p.add_argument("--graphs", action="store_true", help="list every shipped graph with degree statistics")
+    p.set_defaults(func=_cmd_info)
+
+    try:
+        from cellformer.data.importers.cli import register
+    except ImportError:
+        pass
+    else:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``cellformer data`` with ``argv``; returns the exit status (2 for user errors)."""
+    from cellformer.data.table import TableImportError
+    from cellformer.genome import UnknownGeneError
+    from cellformer.genome.sequence import SequenceError
+
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, message already printed)
+        return int(e.code or 0)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 0 if not argv else 2
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, TableImportError, UnknownGeneError, SequenceError, FileNotFoundError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"{PROG} {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as e:
+        print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

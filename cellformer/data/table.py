@@ -1,0 +1,289 @@
+"""Import of perturbation tables (TSV) into :class:`PerturbationData`, and of query gene sets.
+
+Format (see ``data/README.md``): a tab-separated file with a header line; blank lines and lines
+starting with ``#`` are skipped (line numbers in messages are physical lines of the file).
+
+* ``genes`` (required): the perturbed genes, separated by ``;``: systematic or standard names, any
+  case (resolved with :meth:`Genome.index`).
+* ``types`` (optional): one perturbation type per gene, separated by ``;``: ``deletion``,
+  ``knockdown``, ``overexpression``, ``addition``. Default (column absent or empty): all deletion.
+* ``split`` (optional): ``train``, ``val`` or ``test`` (empty: unassigned).
+* ``condition`` (optional): free text, e.g. ``DMA30``.
+* every other column is a numeric phenotype, named by its header; ``''``, ``NA``, ``N/A``, ``nan``
+  (any case) are "not measured" (NaN).
+
+A bad row raises :class:`TableImportError` naming the file, the line and the problem, unless
+``skip_bad_rows``: then it is written to a rejects TSV (the original line plus a ``reason`` column)
+and counted in the :class:`ImportReport`. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cellformer.data.dataset import SPLITS, PerturbationData, PerturbationType
+from cellformer.genome.genome import Genome, UnknownGeneError, open_text
+
+RESERVED_COLUMNS = ("genes", "types", "split", "condition")
+MISSING_VALUES = {"", "na", "n/a", "nan"}
+
+
+class TableImportError(ValueError):
+    """A perturbation table that cannot be imported (the message names the file and the line)."""
+
+    def __init__(self, path: str | Path, line: int | None, problem: str, kind: str = "error"):
+        self.path = str(path)
+        self.line = line
+        self.problem = problem
+        self.kind = kind
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclass
+class ImportReport:
+    """What happened to the rows of one table.
+
+    ``rejected_by_kind`` counts rejected rows by problem kind (``unknown_gene``, ``duplicate_gene``,
+    ``empty_genes``, ``bad_value``, ``types_mismatch``, ``bad_type``, ``bad_split``, ``field_count``);
+    ``examples`` holds the first few ``(line, message)`` pairs.
+    """
+
+    source: str
+    rows: int = 0
+    imported: int = 0
+    rejected: int = 0
+    rejected_by_kind: Counter = field(default_factory=Counter)
+    examples: list[tuple[int, str]] = field(default_factory=list)
+    rejects_path: str | None = None
+    phenotype_names: list[str] = field(default_factory=list)
+    max_examples: int = 5
+
+    def summary(self) -> str:
+        """One human-readable paragraph."""
+        text = f"{self.source}: {self.imported} of {self.rows} rows imported"
+        if self.phenotype_names:
+            text += f" (phenotypes: {', '.join(self.phenotype_names)})"
+        if self.rejected:
+            kinds = ", ".join(f"{k}: {v}" for k, v in sorted(self.rejected_by_kind.items()))
+            ex = "; ".join(f"line {ln}: {msg}" for ln, msg in self.examples)
+            text += f"; {self.rejected} rows rejected ({kinds}); e.g. {ex}"
+            if self.rejects_path:
+                text += f"; rejected rows written to {self.rejects_path}"
+        return text
+
+
+@dataclass
+class _Row:
+    line: int
+    genes: np.ndarray
+    types: np.ndarray
+    values: list[float]
+    split: int
+    condition: str
+
+
+class _Parser:
+    """Header handling and row parsing shared by :func:`import_table` and :func:`read_gene_sets`."""
+
+    def __init__(self, path: Path, genome: Genome, header: list[str], line: int, phenotypes: bool):
+        self.path, self.genome = path, genome
+        names = [h.strip() for h in header]
+        lower = [h.lower() for h in names]
+        dupes = sorted({h for h in names if names.count(h) > 1})
+        if dupes:
+            raise TableImportError(path, line, f"duplicate column name(s) in the header: {', '.join(dupes)}")
+        if "genes" not in lower:
+            raise TableImportError(
+                path, line, f"the header has no 'genes' column (found: {', '.join(names) or 'nothing'})", "header"
+            )
+        if "" in names:
+            raise TableImportError(path, line, "the header has an empty column name", "header")
+        self.width = len(names)
+        self.col = {k: lower.index(k) for k in RESERVED_COLUMNS if k in lower}
+        self.pheno_cols = [i for i, h in enumerate(lower) if h not in RESERVED_COLUMNS] if phenotypes else []
+        self.phenotype_names = [names[i] for i in self.pheno_cols]
+
+    def parse(self, fields: list[str], line: int) -> _Row:
+        def fail(problem: str, kind: str) -> TableImportError:
+            return TableImportError(self.path, line, problem, kind)
+
+        if len(fields) != self.width:
+            raise fail(
+                f"expected {self.width} tab-separated fields (as in the header), got {len(fields)}", "field_count"
+            )
+        raw_genes = fields[self.col["genes"]].strip()
+        if not raw_genes:
+            raise fail("the 'genes' field is empty", "empty_genes")
+        names = [g.strip() for g in raw_genes.split(";")]
+        if any(not g for g in names):
+            raise fail(f"empty gene name in {raw_genes!r} (genes are separated by ';')", "empty_genes")
+        try:
+            genes = np.array([self.genome.index(g) for g in names], dtype=np.int64)
+        except UnknownGeneError as e:
+            raise fail(str(e), "unknown_gene") from None
+        if len(set(genes.tolist())) != len(genes):
+            seen: dict[int, str] = {}
+            for g, name in zip(genes.tolist(), names, strict=True):
+                if g in seen:
+                    raise fail(
+                        f"gene {self.genome.display(g)} appears twice ({seen[g]!r} and {name!r})", "duplicate_gene"
+                    )
+                seen[g] = name
+        raw_types = fields[self.col["types"]].strip() if "types" in self.col else ""
+        if raw_types:
+            tnames = [t.strip() for t in raw_types.split(";")]
+            if len(tnames) != len(names):
+                raise fail(
+                    f"{len(tnames)} types for {len(names)} genes (give one type per gene, separated by ';')",
+                    "types_mismatch",
+                )
+            try:
+                types = np.array([int(PerturbationType.parse(t)) for t in tnames], dtype=np.int8)
+            except ValueError as e:
+                raise fail(str(e), "bad_type") from None
+        else:
+            types = np.full(len(genes), int(PerturbationType.DELETION), dtype=np.int8)
+        split = -1
+        if "split" in self.col:
+            raw_split = fields[self.col["split"]].strip().lower()
+            if raw_split:
+                if raw_split not in SPLITS:
+                    raise fail(
+                        f"split {fields[self.col['split']].strip()!r} is not one of train, val, test (or empty)",
+                        "bad_split",
+                    )
+                split = SPLITS[raw_split]
+        values = []
+        for i, name in zip(self.pheno_cols, self.phenotype_names, strict=True):
+            raw = fields[i].strip()
+            if raw.lower() in MISSING_VALUES:
+                values.append(math.nan)
+                continue
+            try:
+                v = float(raw)
+            except ValueError:
+                raise fail(
+                    f"phenotype {name!r}: {raw!r} is not a number (use NA or leave empty)", "bad_value"
+                ) from None
+            if not math.isfinite(v):
+                raise fail(f"phenotype {name!r}: {raw!r} is not a finite number", "bad_value")
+            values.append(v)
+        condition = fields[self.col["condition"]].strip() if "condition" in self.col else ""
+        return _Row(line, genes, types, values, split, condition)
+
+
+def _lines(path: Path):
+    """``(line number, raw line without newline, fields)`` of the non-blank, non-comment lines."""
+    with open_text(path) as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            line = raw.rstrip("\r\n")
+            if not line.strip() or line.startswith("#"):
+                continue
+            yield lineno, line, line.split("\t")
+
+
+def _open_table(path: str | Path, genome: Genome, phenotypes: bool):
+    path = Path(path)
+    if not path.exists():
+        raise TableImportError(path, None, "file not found")
+    lines = _lines(path)
+    try:
+        lineno, header_line, header = next(lines)
+    except StopIteration:
+        raise TableImportError(path, None, "the file is empty (expected a header line with a 'genes' column)") from None
+    parser = _Parser(path, genome, header, lineno, phenotypes)
+    return parser, header_line, lines
+
+
+def import_table(
+    path: str | Path,
+    genome: Genome,
+    skip_bad_rows: bool = False,
+    rejects_path: str | Path | None = None,
+    description: str = "",
+) -> tuple[PerturbationData, ImportReport]:
+    """Import a perturbation table (format in the module docstring) over ``genome``.
+
+    Bad rows raise :class:`TableImportError`; with ``skip_bad_rows`` they are counted in the report and,
+    when ``rejects_path`` is given, written there (original line + ``reason``). Heterologous genes of
+    ``genome`` (see :meth:`Genome.add_genes`) are stored with their sequences. The split is ``None`` when
+    the table has no ``split`` column.
+    """
+    path = Path(path)
+    parser, header_line, lines = _open_table(path, genome, phenotypes=True)
+    report = ImportReport(str(path), phenotype_names=list(parser.phenotype_names))
+    rows: list[_Row] = []
+    rejects: list[str] = []
+    for lineno, line, fields in lines:
+        report.rows += 1
+        try:
+            rows.append(parser.parse(fields, lineno))
+        except TableImportError as e:
+            if not skip_bad_rows:
+                raise
+            report.rejected += 1
+            report.rejected_by_kind[e.kind] += 1
+            if len(report.examples) < report.max_examples:
+                report.examples.append((lineno, e.problem))
+            rejects.append(f"{line}\tline {lineno}: {e.problem}")
+    report.imported = len(rows)
+    if rejects_path is not None and rejects:
+        rejects_path = Path(rejects_path)
+        rejects_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(rejects_path, "w", encoding="utf-8") as fh:
+            fh.write(f"{header_line}\treason\n")
+            fh.writelines(f"{r}\n" for r in rejects)
+        report.rejects_path = str(rejects_path)
+    if not rows:
+        detail = f" ({report.rejected} rejected: {report.summary()})" if report.rejected else ""
+        raise TableImportError(path, None, f"no rows to import{detail}", "empty")
+    n_native = genome.num_known
+    if genome.added[:n_native].any():
+        raise ValueError("the genome's added (heterologous) genes must follow its native genes")
+    missing = [g for g in genome.genes[n_native:] if g not in genome.sequences]
+    if missing:
+        raise ValueError(f"added gene {missing[0]!r} has no coding sequence in the genome")
+    sizes = np.array([len(r.genes) for r in rows], dtype=np.int64)
+    has_split = "split" in parser.col
+    has_condition = "condition" in parser.col
+    n_pheno = len(parser.phenotype_names)
+    data = PerturbationData(
+        genes=list(genome.genes[:n_native]),
+        offsets=np.concatenate([[0], np.cumsum(sizes)]),
+        gene_index=np.concatenate([r.genes for r in rows]),
+        types=np.concatenate([r.types for r in rows]),
+        phenotypes=np.array([r.values for r in rows], dtype=np.float32).reshape(len(rows), n_pheno),
+        phenotype_names=list(parser.phenotype_names),
+        split=np.array([r.split for r in rows], dtype=np.int8) if has_split else None,
+        condition=[r.condition for r in rows] if has_condition else None,
+        heterologous={g: genome.sequences[g] for g in genome.genes[n_native:]},
+        genome_hash=genome.hash,
+        genome_name=genome.name,
+        description=description or f"imported from {path.name}",
+        attrs={"source": str(path)},
+    )
+    return data, report
+
+
+def read_gene_sets(path: str | Path, genome: Genome) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Read query gene sets: ``(gene indices (int64), types (int8))`` per row of a table.
+
+    Same format and row checks as :func:`import_table`, but only the ``genes`` and ``types`` columns
+    are read (phenotype, split and condition columns are ignored). A bad row raises
+    :class:`TableImportError` naming the line.
+    """
+    parser, _, lines = _open_table(path, genome, phenotypes=False)
+    parser.col.pop("split", None)
+    sets = [(r.genes, r.types) for r in (parser.parse(fields, lineno) for lineno, _, fields in lines)]
+    if not sets:
+        raise TableImportError(path, None, "no gene sets in the file (only a header)", "empty")
+    return sets
+
+
+__all__ = ["ImportReport", "TableImportError", "import_table", "read_gene_sets", "RESERVED_COLUMNS"]
