@@ -68,6 +68,7 @@ class EncoderOutput:
     mask: torch.Tensor
     layer_inputs: list[torch.Tensor] = field(default_factory=list)
     wild_type: bool = True
+    phi_present: torch.Tensor | None = None  # φ(h_i, PRESENT) (V, L, d), cached by the head when grad is off
 
     def detach(self) -> EncoderOutput:
         """A copy cut from the autograd graph (for caching in a predictor)."""
@@ -213,7 +214,11 @@ class PerturbationHead(nn.Module):
         if H.shape[0] > 1:  # only a multi-variant encoding has padded gene positions
             s = s.masked_fill(~enc.mask[variant], float("-inf"))
         beta = torch.softmax(s, dim=-1)  # (B, L)
-        phi_present = self.phi(H, int(PerturbationType.PRESENT))  # (V, L, d), shared by all samples
+        phi_present = enc.phi_present  # (V, L, d), shared by all samples of a variant
+        if phi_present is None:
+            phi_present = self.phi(H, int(PerturbationType.PRESENT))
+            if not torch.is_grad_enabled():  # a cached encoding (predictor, screen) reuses it across batches
+                enc.phi_present = phi_present
         z = matmul_by_variant(beta.to(phi_present.dtype), phi_present, variant)  # (B, d)
         correction = self.phi(h_members, types) - phi_present[member_variant, gene_index]  # (nnz, d)
         z = z.index_add(0, batch, (beta[batch, gene_index][:, None] * correction).to(z.dtype))
