@@ -211,6 +211,7 @@ def test_fit_on_imported_costanzo_fixture_through_cli(tmp_path, capsys):
             "accelerator": "cpu",
             "max_steps": 2,
             "logger": False,
+            "default_root_dir": str(tmp_path),
             "enable_checkpointing": False,
             "enable_progress_bar": False,
             "limit_val_batches": 1,
