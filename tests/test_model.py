@@ -169,3 +169,22 @@ def test_bf16_autocast_cpu():
     assert out.pred.shape == (4, P) and torch.isfinite(out.pred.float()).all()
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in out.losses.values())
     (out.pred.float().sum() + sum(out.losses.values())).backward()
+
+
+def test_encoding_cache_reuses_one_encoding_and_matches_fresh_encoding():
+    """The per-epoch encoding cache (evaluation loops) gives the same predictions and encodes once."""
+    model = make_model().eval()
+    b1 = collate_perturbations(ITEMS[:2], N)
+    b2 = collate_perturbations(ITEMS[2:], N)
+    calls = []
+    original = model.encode
+    with torch.no_grad():
+        fresh = [model(b).pred for b in (b1, b2)]
+        model.encode = lambda added: calls.append(1) or original(added)  # count encoder passes
+        model.set_encoding_cache(True)
+        cached = [model(b).pred for b in (b1, b2)]
+        model.set_encoding_cache(False)
+        model(b1)
+    assert len(calls) == 2  # once for the cached epoch, once after the cache was switched off
+    for a, b in zip(fresh, cached, strict=True):
+        torch.testing.assert_close(a, b)

@@ -285,6 +285,8 @@ class CellFormer(PhenotypeModel):
                 self.register_buffer(f"graph{k}_{part}", t, persistent=False)
         self._graph_slot = {name: k for k, name in enumerate(self.graph_reg)}
         self._graph_cache: dict[str, dict[str, torch.Tensor]] = {}
+        self._frozen_encoding: EncoderOutput | None = None
+        self.freeze_encoding_cache = False
 
         # encoder
         self.feature_proj = nn.Linear(self.num_features, d_model)
@@ -392,7 +394,7 @@ class CellFormer(PhenotypeModel):
         added = list(batch.added_features) or [None]
         if batch.variant.numel() and int(batch.variant.max()) >= len(added):
             raise ValueError(f"batch.variant refers to variant {int(batch.variant.max())} of {len(added)}")
-        enc = self.encode(added)
+        enc = self._encode_for_batch(added)
         pred, beta = self.head(
             enc, batch.gene_index, batch.types, batch.ptr, batch.batch, batch.variant, return_attention
         )
@@ -401,6 +403,25 @@ class CellFormer(PhenotypeModel):
             losses = {f"graph/{name}": self.graph_loss(name, enc=enc) for name in self.graph_reg}
         extras = {"beta": beta} if return_attention else {}
         return ModelOutput(pred=pred, losses=losses, extras=extras)
+
+    def _encode_for_batch(self, added: list) -> EncoderOutput:
+        """The encoder output for a batch; reused across batches while ``freeze_encoding_cache`` is set.
+
+        An evaluation loop (validation, test, predict) sets the flag for the duration of an epoch, in which
+        the weights do not change, so the wild-type encoder runs once per epoch instead of once per batch.
+        Batches with heterologous variants are always encoded afresh.
+        """
+        wild_only = all(a is None or a.numel() == 0 for a in added) and len(added) == 1
+        if not (self.freeze_encoding_cache and wild_only and not self.training and not torch.is_grad_enabled()):
+            return self.encode(added)
+        if self._frozen_encoding is None:
+            self._frozen_encoding = self.encode(added)
+        return self._frozen_encoding
+
+    def set_encoding_cache(self, enabled: bool) -> None:
+        """Turn the per-epoch encoding cache on (evaluation loops) or off (and drop what it holds)."""
+        self.freeze_encoding_cache = enabled
+        self._frozen_encoding = None
 
     # ------------------------------------------------------------------ graph regularisation
     def graph_tensors(self, name: str) -> dict[str, torch.Tensor]:

@@ -109,7 +109,25 @@ class PhenotypeModule(L.LightningModule):
     def predict_step(self, batch: PerturbationBatch, batch_idx: int) -> torch.Tensor:
         return self.model(batch).pred
 
-    # ------------------------------------------------------------------ epoch ends
+    # ------------------------------------------------------------------ epoch boundaries
+    def _encoding_cache(self, enabled: bool) -> None:
+        """Weights are fixed during an evaluation epoch: models that can reuse one encoding do so."""
+        setter = getattr(self.model, "set_encoding_cache", None)
+        if callable(setter):
+            setter(enabled)
+
+    def on_validation_epoch_start(self) -> None:
+        self._encoding_cache(True)
+
+    def on_test_epoch_start(self) -> None:
+        self._encoding_cache(True)
+
+    def on_predict_epoch_start(self) -> None:
+        self._encoding_cache(True)
+
+    def on_predict_epoch_end(self) -> None:
+        self._encoding_cache(False)
+
     def _gather(self, stage: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         store = self._eval_store.pop(stage, [])
         if not store:
@@ -138,6 +156,7 @@ class PhenotypeModule(L.LightningModule):
         return metrics
 
     def on_validation_epoch_end(self) -> None:
+        self._encoding_cache(False)
         self._epoch_metrics("val")
         monitor = getattr(self.model, "monitor", None)
         if callable(monitor) and not self.trainer.sanity_checking:
@@ -145,6 +164,7 @@ class PhenotypeModule(L.LightningModule):
             self.log_dict({f"monitor/{k}": float(v) for k, v in values.items()}, rank_zero_only=True)
 
     def on_test_epoch_end(self) -> None:
+        self._encoding_cache(False)
         metrics = self._epoch_metrics("test")
         if self.trainer.is_global_zero:
             print("\n" + format_metrics_table(metrics, f"test metrics ({self.hparams.model})") + "\n")
