@@ -241,3 +241,26 @@ def test_fit_on_imported_costanzo_fixture_through_cli(tmp_path, capsys):
     path.write_text(yaml.safe_dump(cfg))
     assert cli_main(["fit", "--config", str(path)]) == 0
     assert "test metrics (cellformer)" in capsys.readouterr().out
+
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+def test_every_shipped_config_parses(name, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["fit", "--config", str(CONFIGS / f"{name}.yaml"), "--print_config"])
+    assert exc.value.code == 0
+    assert "model:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["additive", "dango", "lazy", "neighbor"])
+def test_baseline_configs_train_through_the_cli(tmp_path, name, capsys):
+    """Each baseline's shipped model block trains (a few steps) through `cellformer fit` on a toy screen."""
+    toy = toy_problem(tmp_path)
+    cfg = yaml.safe_load(toy_config(tmp_path, toy, max_steps=3).read_text())
+    cfg["model"] = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())["model"]
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert cli_main(["fit", "--config", str(path)]) == 0
+    assert f"test metrics ({name})" in capsys.readouterr().out

@@ -35,8 +35,8 @@ from cellformer.models.baselines.lazy import check_base_genes
 
 
 def _key(name: str) -> str:
-    """A ``ModuleDict``-safe key for a graph name."""
-    return re.sub(r"[^0-9A-Za-z_]", "_", name)
+    """A ``ModuleDict``-safe key for a graph name (prefixed: a graph may be called ``modules`` or ``type``)."""
+    return "graph_" + re.sub(r"[^0-9A-Za-z_]", "_", name)
 
 
 class SAGEEncoder(nn.Module):
