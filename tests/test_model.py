@@ -89,7 +89,7 @@ def test_head_equals_naive_dense_type_reference(pool):
             m[genes] = torch.as_tensor(types)
             members = torch.as_tensor(genes, dtype=torch.long)
             q = head.pool(H[members], torch.zeros(len(genes), dtype=torch.long), 1)[0]
-            beta = torch.softmax(head.score(q) @ H.T / model.d_model**0.5, dim=-1)
+            beta = torch.softmax(head.score(q) @ H.T / model.d_model**0.5 + head.type_score_bias[m], dim=-1)
             z = beta @ head.phi(H, m)
             ref = head.readout(torch.cat([cls, z]))
             assert torch.allclose(pred[b], ref, atol=1e-5), (b, pred[b], ref)

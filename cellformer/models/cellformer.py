@@ -162,7 +162,7 @@ class PerturbationHead(nn.Module):
     the second touches only the set members, so the cost is O(B·N·d) with no per-sample (N, ·) tensor.
     """
 
-    def __init__(self, d_model: int, n_phenotypes: int, pool: str, dropout: float):
+    def __init__(self, d_model: int, n_phenotypes: int, pool: str, dropout: float, num_genes: int = 1):
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"unknown pool {pool!r}; choose one of {', '.join(POOLS)}")
@@ -171,7 +171,13 @@ class PerturbationHead(nn.Module):
             self.pool_seed = nn.Parameter(torch.randn(d_model) * 0.02)
             self.pool_key = nn.Linear(d_model, d_model)
             self.pool_value = nn.Linear(d_model, d_model)
-        self.score = nn.Linear(d_model, d_model, bias=False)  # s_i = (W q_S) · h_i / √d
+        self.score = nn.Linear(d_model, d_model, bias=False)  # s_i = (W q_S) · h_i / √d + b[m_i]
+        # A learned score bias per perturbation type m_i. Without it the members of S start with ~1/N of the
+        # attention mass (N ≈ 6,400 genes) and z_S hardly depends on S; b[m] = log N for every type but
+        # PRESENT gives the members about half the mass at initialisation, the context genes the rest.
+        bias = torch.full((NUM_PERTURBATION_TYPES,), math.log(max(num_genes, 2)))
+        bias[int(PerturbationType.PRESENT)] = 0.0
+        self.type_score_bias = nn.Parameter(bias)
         self.type_embed = nn.Embedding(NUM_PERTURBATION_TYPES, d_model)
         # φ(h, m) = out(GELU(W_h h + W_m e(m))): the concat [h ‖ e(m)] split into two linears
         self.phi_h = nn.Linear(d_model, d_model)
@@ -210,7 +216,9 @@ class PerturbationHead(nn.Module):
         q = self.pool(h_members, batch, B)  # (B, d)
         u = self.score(q) / math.sqrt(self.d_model)  # (B, d)
         s = matmul_by_variant(u, rearrange(H, "v l d -> v d l"), variant)  # (B, L)
-        s = s.float()
+        # + b[m_i] for every gene: PRESENT's bias shifts all scores equally (softmax ignores it), members add the rest
+        member_bias = self.type_score_bias[types] - self.type_score_bias[int(PerturbationType.PRESENT)]
+        s = s.float().index_put((batch, gene_index), member_bias.float(), accumulate=True)
         if H.shape[0] > 1:  # only a multi-variant encoding has padded gene positions
             s = s.masked_fill(~enc.mask[variant], float("-inf"))
         beta = torch.softmax(s, dim=-1)  # (B, L)
@@ -299,7 +307,7 @@ class CellFormer(PhenotypeModel):
         )
         self.norm_f = nn.LayerNorm(d_model)
         # perturbation head
-        self.head = PerturbationHead(d_model, len(self.phenotype_names), pool, dropout)
+        self.head = PerturbationHead(d_model, len(self.phenotype_names), pool, dropout, self.num_genes)
         self.apply(self._init_weights)
         nn.init.normal_(self.unknown_gene, std=0.02)
         nn.init.normal_(self.cls_token, std=0.02)
