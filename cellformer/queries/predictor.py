@@ -19,7 +19,7 @@ import csv
 import hashlib
 import io
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -76,13 +76,18 @@ class PredictionTable:
 
     def to_tsv(self, path: str | Path | None = None) -> str:
         """The table as TSV text; also written to ``path`` when given."""
-        buf = io.StringIO()
-        self.write_tsv(buf)
-        text = buf.getvalue()
-        if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(text, encoding="utf-8")
-        return text
+        return tsv_text(self.write_tsv, path)
+
+
+def tsv_text(write: Callable[[TextIO], None], path: str | Path | None = None) -> str:
+    """Run a ``write(stream)`` TSV writer into a string; also save it to ``path`` when given."""
+    buf = io.StringIO()
+    write(buf)
+    text = buf.getvalue()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text, encoding="utf-8")
+    return text
 
 
 def _type_name(t: int) -> str:

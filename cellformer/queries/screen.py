@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import math
 import os
 import time
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from cellformer.data.dataset import PerturbationType
+from cellformer.queries.predictor import tsv_text
 
 #: above this many candidate genes a triple screen needs ``force=True``.
 MAX_TRIPLE_GENES = 500
@@ -178,13 +178,8 @@ class ScreenResult:
             w.writerow([i + 1, ";".join(genes), *(f"{x:.6g}" for x in row.tolist())])
 
     def to_tsv(self, path: str | Path | None = None) -> str:
-        buf = io.StringIO()
-        self.write_tsv(buf)
-        text = buf.getvalue()
-        if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(text, encoding="utf-8")
-        return text
+        """The ranked table as TSV text; also written to ``path`` when given."""
+        return tsv_text(self.write_tsv, path)
 
 
 # ---------------------------------------------------------------------- state
