@@ -309,6 +309,11 @@ class CellFormer(PhenotypeModel):
         # perturbation head
         self.head = PerturbationHead(d_model, len(self.phenotype_names), pool, dropout, self.num_genes)
         self.apply(self._init_weights)
+        # Gene identities start at unit scale (nn.Embedding's default), not 0.02: with all-zero sequence
+        # features the identity is the only per-gene signal, and at 0.02 the shared residual updates swamp it
+        # after the LayerNorms -- the gene embeddings collapse to one direction (over-smoothing ~0) and the
+        # perturbation head cannot tell genes apart (seen on the simulated screens: ε Pearson ~0).
+        nn.init.normal_(self.gene_embed.weight, std=1.0)
         nn.init.normal_(self.unknown_gene, std=0.02)
         nn.init.normal_(self.cls_token, std=0.02)
 
