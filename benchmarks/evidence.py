@@ -24,8 +24,9 @@ Modes::
 ``quick`` builds a smaller screen with the same simulator (:func:`cellformer.data.simulate.simulate`,
 default mechanism) on a sub-genome of about ``--n-genes`` genes: whole Louvain modules of the truth graph
 (STRING v9.1 "database") drawn in seeded random order (``--subgenome modules``, the default; ``bfs`` takes a
-breadth-first ball around the highest-degree gene instead), with the induced subgraph as truth graph. ``full`` (and ``--dataset``) uses a
-stored dataset and its stored split. Outputs: ``benchmarks/results/evidence_<tag>.{md,json,png}``.
+breadth-first ball around the highest-degree gene instead), with the induced subgraph as truth graph.
+``full`` (and ``--dataset``) uses a stored dataset and its stored split.
+Outputs: ``benchmarks/results/evidence_<tag>.{md,json,png}``.
 
 Before the model drew its gene identity embeddings at unit scale (it used std 0.02) most CellFormer runs
 collapsed (gene embeddings over-smoothed); ``--gene-embed-init-std`` re-draws them (all CellFormer arms
