@@ -183,7 +183,8 @@ def sub_genome_problem(
 
 def dataset_problem(path: str | Path, genome_spec: str, truth_spec: str | None) -> Problem:
     """A stored dataset (HDF5) with its genome (``yeast`` or a gene TSV) and truth graph (name or name=path)."""
-    from cellformer.training.datamodule import load_genome, load_graphs
+    from cellformer.genome import load_genome
+    from cellformer.training.datamodule import load_graphs
 
     path = Path(path)
     if not path.exists():

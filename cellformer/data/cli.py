@@ -86,13 +86,12 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _load_genome(path: str | None):
-    from cellformer.genome import Genome, yeast_genome
+    from cellformer.genome import load_genome
 
-    if path is None:
-        return yeast_genome()
-    if not Path(path).exists():
-        raise UserError(f"genome file {path} does not exist")
-    return Genome.from_tsv(path)
+    try:
+        return load_genome(path)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
 
 
 # ---------------------------------------------------------------------- info

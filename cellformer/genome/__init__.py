@@ -1,6 +1,7 @@
 """Genome: ordered genes, aliases, features, coding sequences."""
 
 from functools import lru_cache
+from pathlib import Path
 
 from cellformer.defaults import YEAST_DIR
 from cellformer.genome.genome import Genome, UnknownGeneError, open_text
@@ -20,7 +21,17 @@ def yeast_genome() -> Genome:
     return Genome.from_tsv(YEAST_DIR / "genes.tsv.gz", name="yeast")
 
 
+def load_genome(spec: str | Path | None = "yeast") -> Genome:
+    """``"yeast"`` or None (the embedded gene list), or a gene-table TSV path (``systematic_name`` column)."""
+    if spec is None or str(spec) == "yeast":
+        return yeast_genome()
+    if not Path(spec).exists():
+        raise FileNotFoundError(f"genome {str(spec)!r}: expected 'yeast' or an existing gene-table TSV path")
+    return Genome.from_tsv(spec)
+
+
 __all__ = [
+    "load_genome",
     "Genome",
     "UnknownGeneError",
     "open_text",

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from cellformer.data.dataset import SPLITS, PerturbationData, PerturbationDataset, identity_collate
 from cellformer.data.splits import gene_holdout_split, random_split
 from cellformer.defaults import DEFAULT_DATASET, YEAST_GRAPHS
-from cellformer.genome import Genome, yeast_genome
+from cellformer.genome import Genome, load_genome
 from cellformer.graphs import GeneGraph, GraphSet, load_edge_list, yeast_graphs
 
 
@@ -23,16 +23,6 @@ class DataContext:
     genome: Genome
     graphs: GraphSet
     phenotype_names: list[str]
-
-
-def load_genome(spec: str) -> Genome:
-    """``"yeast"`` (the embedded gene list) or a path to a gene table TSV (``systematic_name`` column)."""
-    if spec == "yeast":
-        return yeast_genome()
-    path = Path(spec)
-    if not path.exists():
-        raise FileNotFoundError(f"genome {spec!r}: expected 'yeast' or an existing gene-table TSV path")
-    return Genome.from_tsv(path)
 
 
 def load_graphs(specs: list[str], genome: Genome, controls: dict[str, dict] | None = None) -> GraphSet:

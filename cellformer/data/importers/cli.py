@@ -17,9 +17,9 @@ SCREEN_FORMATS = ("costanzo2016", "kuzmin2018", "kuzmin2020")
 
 
 def _genome(args: argparse.Namespace):
-    from cellformer.genome import Genome, yeast_genome
+    from cellformer.genome import load_genome
 
-    return Genome.from_tsv(args.genome) if getattr(args, "genome", None) else yeast_genome()
+    return load_genome(getattr(args, "genome", None))
 
 
 def _import_graph(args: argparse.Namespace) -> int:
