@@ -340,7 +340,7 @@ class PerturbationDataset(Dataset):
         sizes = ends - starts
         ptr = np.concatenate([[0], np.cumsum(sizes)])
         take = np.repeat(starts - ptr[:-1], sizes) + np.arange(ptr[-1])
-        return _make_batch(
+        return make_batch(
             rows, d.gene_index[take], d.types[take], ptr, d.phenotypes[rows], self.num_base_genes, self.het_features
         )
 
@@ -375,10 +375,15 @@ def collate_perturbations(
     types = np.concatenate([it[2] for it in items]) if items else np.zeros(0, np.int8)
     y = np.stack([it[3] for it in items]) if items else np.zeros((0, 0), np.float32)
     n = int(genes.max()) + 1 if num_base_genes is None and len(genes) else (num_base_genes or 0)
-    return _make_batch(rows, genes, types, ptr, y, n, het_features)
+    return make_batch(rows, genes, types, ptr, y, n, het_features)
 
 
-def _make_batch(rows, genes, types, ptr, y, num_base_genes: int, het_features=None) -> PerturbationBatch:
+def make_batch(rows, genes, types, ptr, y, num_base_genes: int, het_features=None) -> PerturbationBatch:
+    """A :class:`PerturbationBatch` from CSR arrays (record ids, genes, types, ptr, phenotypes).
+
+    Genes ``>= num_base_genes`` are heterologous (row ``g - num_base_genes`` of ``het_features``); samples
+    are grouped into genome variants by the set of added genes they carry.
+    """
     genes = np.asarray(genes, dtype=np.int64)
     sizes = np.diff(ptr)
     batch_ids = np.repeat(np.arange(len(sizes)), sizes)

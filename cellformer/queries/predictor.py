@@ -27,8 +27,8 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
-from cellformer.data.dataset import PerturbationBatch, PerturbationType, _make_batch
-from cellformer.genome import Genome, SequenceError, read_fasta, sequence_features, validate_cds
+from cellformer.data.dataset import PerturbationBatch, PerturbationType, make_batch
+from cellformer.genome import Genome, SequenceError, read_fasta, validate_cds
 
 DEFAULT_BATCH_SIZE = 1024
 
@@ -194,10 +194,9 @@ class Predictor:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # validate_cds above already warned once
             genome = self.base_genome.add_genes(merged)
-            feats = np.stack([sequence_features(s, n) for n, s in merged.items()])
         self.added = merged
         self.genome = genome
-        self._het_features = feats
+        self._het_features = genome.features[len(self.base_genome) :]  # the appended genes' sequence features
         return list(clean)
 
     def add_fasta(self, path: str | Path, names: Sequence[str] | None = None) -> list[str]:
@@ -285,7 +284,7 @@ class Predictor:
         types = np.concatenate(type_sets) if len(type_sets) else np.zeros(0, np.int64)
         y = np.full((len(idx_sets), len(self.phenotype_names)), np.nan, dtype=np.float32)
         rows = np.arange(len(idx_sets), dtype=np.int64)
-        return _make_batch(rows, genes, types, ptr, y, self.num_base_genes, self._het_features)
+        return make_batch(rows, genes, types, ptr, y, self.num_base_genes, self._het_features)
 
     # ------------------------------------------------------------------ model calls
     def _variant_names(self, key: tuple[int, ...]) -> tuple[str, ...]:
