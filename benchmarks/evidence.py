@@ -184,7 +184,7 @@ def sub_genome_problem(
 def dataset_problem(path: str | Path, genome_spec: str, truth_spec: str | None) -> Problem:
     """A stored dataset (HDF5) with its genome (``yeast`` or a gene TSV) and truth graph (name or name=path)."""
     from cellformer.genome import load_genome
-    from cellformer.training.datamodule import load_graphs
+    from cellformer.graphs import load_graphs
 
     path = Path(path)
     if not path.exists():
@@ -328,7 +328,7 @@ def run_arm(
 
     import lightning as L
 
-    from cellformer.training.datamodule import DataContext
+    from cellformer.data.context import DataContext
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -54,12 +54,12 @@ GPU_TARGET_ALL_PAIRS_S = 30.0
 
 def build_random_checkpoint(path: Path, seed: int = 0) -> Path:
     """An untrained quickstart-size CellFormer on the yeast genome, saved as a cellformer checkpoint."""
+    from cellformer.data.context import DataContext
     from cellformer.data.simulate import PHENOTYPES
     from cellformer.genome import yeast_genome
     from cellformer.graphs import yeast_graphs
+    from cellformer.models.checkpoint import CHECKPOINT_KEY, context_to_checkpoint
     from cellformer.models.registry import build_model
-    from cellformer.training.datamodule import DataContext
-    from cellformer.training.module import CHECKPOINT_KEY, context_to_checkpoint
 
     torch.manual_seed(seed)
     genome = yeast_genome()

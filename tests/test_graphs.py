@@ -6,6 +6,7 @@ import networkx as nx
 import numpy as np
 import pytest
 
+from cellformer.errors import UserError
 from cellformer.genome import Genome
 from cellformer.graphs import GeneGraph, load_edge_list, yeast_graphs
 
@@ -117,5 +118,5 @@ def test_shipped_regulatory_graph_reports_unmapped_rows():
     assert 900 <= rep.unmapped_rows <= 1000
     assert rep.unmapped_examples and all(line > 1 for line, _ in rep.unmapped_examples)
     assert rep.loaded + rep.unmapped_rows == rep.rows
-    with pytest.raises(KeyError, match="shipped yeast graphs"):
+    with pytest.raises(UserError, match="unknown graph 'no_such_graph'; available: .*string_database"):
         yeast_graphs(["no_such_graph"])

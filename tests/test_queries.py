@@ -12,15 +12,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from cellformer.data.context import DataContext
 from cellformer.data.dataset import PerturbationData, PerturbationDataset, PerturbationType, identity_collate
 from cellformer.genome import Genome, SequenceError, UnknownGeneError
 from cellformer.graphs import GeneGraph, GraphSet
+from cellformer.models.checkpoint import load_checkpoint
 from cellformer.queries import Predictor, screen_pairs, screen_triples
 from cellformer.queries import screen as screen_mod
 from cellformer.queries.cli import main as cli_main
 from cellformer.queries.screen import ScreenAborted, unrank_pairs, unrank_triples
-from cellformer.training.checkpoint import load_checkpoint
-from cellformer.training.datamodule import DataContext
 from cellformer.training.module import PhenotypeModule
 
 N = 30

@@ -17,7 +17,7 @@ from cellformer.data import PerturbationDataset, collate_perturbations
 from cellformer.data.simulate import simulate
 from cellformer.genome import Genome
 from cellformer.graphs import GeneGraph, GraphSet, save_edge_list
-from cellformer.training.checkpoint import load_checkpoint
+from cellformer.models.checkpoint import load_checkpoint
 from cellformer.training.datamodule import PerturbationDataModule
 
 FIXTURES = Path(__file__).parent / "fixtures"

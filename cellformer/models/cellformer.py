@@ -266,6 +266,7 @@ class CellFormer(PhenotypeModel):
         attn_dropout: float = 0.0,
     ):
         super().__init__()
+        self.splits_encoder = True
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
         self.phenotype_names = list(phenotype_names)
@@ -395,6 +396,7 @@ class CellFormer(PhenotypeModel):
         if variant is None:
             variant = torch.zeros(ptr.numel() - 1, dtype=torch.long, device=ptr.device)
         pred, beta = self.head(enc, gene_index, types, ptr, batch, variant, return_attention)
+        pred = self.unscale(pred)
         return (pred, beta) if return_attention else pred
 
     def forward(
@@ -415,7 +417,7 @@ class CellFormer(PhenotypeModel):
         if graph_losses:
             losses = {f"graph/{name}": self.graph_loss(name, enc=enc) for name in self.graph_reg}
         extras = {"beta": beta} if return_attention else {}
-        return ModelOutput(pred=pred, losses=losses, extras=extras)
+        return ModelOutput(pred=self.unscale(pred), losses=losses, extras=extras)
 
     def _encode_for_batch(self, added: list) -> EncoderOutput:
         """The encoder output for a batch; reused across batches while ``freeze_encoding_cache`` is set.

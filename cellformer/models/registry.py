@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib
 
+from cellformer.errors import unknown_name_error
 from cellformer.genome import Genome
 from cellformer.graphs import GraphSet
 from cellformer.models.base import PhenotypeModel
@@ -22,13 +22,13 @@ MODELS: dict[str, str] = {
 def model_class(name: str) -> type[PhenotypeModel]:
     """The class registered under ``name`` (unknown names raise with the list and close matches)."""
     if name not in MODELS:
-        close = difflib.get_close_matches(name, list(MODELS), n=2)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}{hint}")
+        raise unknown_name_error("model", name, MODELS)
     module, cls = MODELS[name].split(":")
     return getattr(importlib.import_module(module), cls)
 
 
 def build_model(name: str, genome: Genome, graphs: GraphSet, phenotype_names: list[str], **hparams) -> PhenotypeModel:
-    """Instantiate model ``name`` with the data context and its hyper-parameters."""
-    return model_class(name)(genome, graphs, list(phenotype_names), **hparams)
+    """Instantiate model ``name`` with the data context and its hyper-parameters (and target-scaling buffers)."""
+    model = model_class(name)(genome, graphs, list(phenotype_names), **hparams)
+    model.register_target_scaling(len(phenotype_names))
+    return model

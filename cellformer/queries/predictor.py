@@ -1,6 +1,6 @@
 """Query a trained checkpoint: phenotypes of gene sets, on the base genome or with added genes.
 
-A :class:`Predictor` wraps a model loaded with :func:`cellformer.training.checkpoint.load_checkpoint`.
+A :class:`Predictor` wraps a model loaded with :func:`cellformer.models.checkpoint.load_checkpoint`.
 Gene names are resolved through the checkpoint's genome (ids or aliases, case-insensitive). For models
 that split the genome encoder from the perturbation head (CellFormer's ``encode_genome`` /
 ``predict_from_encoding``), the encoder output is computed once per genome variant and cached, so a
@@ -122,7 +122,7 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", batch_size: int = 0) -> Predictor:
         """Load a checkpoint written by ``cellformer fit`` (``torch.load(weights_only=True)``)."""
-        from cellformer.training.checkpoint import load_checkpoint
+        from cellformer.models.checkpoint import load_checkpoint
 
         path = Path(path)
         if not path.exists():
@@ -139,9 +139,7 @@ class Predictor:
     @property
     def has_encoder_cache(self) -> bool:
         """Whether the model splits encoder and head (``encode_genome`` + ``predict_from_encoding``)."""
-        return callable(getattr(self.model, "encode_genome", None)) and callable(
-            getattr(self.model, "predict_from_encoding", None)
-        )
+        return bool(self.model.splits_encoder)
 
     def phenotype_index(self, name: str) -> int:
         """Column of a phenotype; unknown names raise ``KeyError`` listing the phenotypes."""

@@ -2,66 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
+from cellformer.data.context import DataContext
 from cellformer.data.dataset import SPLITS, PerturbationData, PerturbationDataset, identity_collate
 from cellformer.data.splits import gene_holdout_split, random_split
 from cellformer.defaults import DEFAULT_DATASET, YEAST_GRAPHS
-from cellformer.genome import Genome, load_genome
-from cellformer.graphs import GeneGraph, GraphSet, load_edge_list, yeast_graphs
-
-
-@dataclass
-class DataContext:
-    """What a model needs to know about the data: genome, graphs and the phenotypes it predicts."""
-
-    genome: Genome
-    graphs: GraphSet
-    phenotype_names: list[str]
-
-
-def load_graphs(specs: list[str], genome: Genome, controls: dict[str, dict] | None = None) -> GraphSet:
-    """Graphs by name: shipped yeast graph names, or ``name=path[:directed]`` for an edge-list file.
-
-    ``controls`` replaces a graph by a degree-preserving rewired copy under the same name, e.g.
-    ``{"string_database": {"rewire": 1.0, "seed": 0}}`` (the random-graph control) or ``rewire: 0.3``
-    (a noisy graph). Unknown names raise with the list of shipped graphs.
-    """
-    controls = dict(controls or {})
-    graphs: list[GeneGraph] = []
-    shipped = [s for s in specs if "=" not in s]
-    if shipped and genome.name == "yeast":
-        graphs_by_name = dict(yeast_graphs(shipped, genome)[0].items())
-    elif shipped:
-        raise ValueError(
-            f"graphs {shipped} are shipped yeast graphs but the genome is {genome.name!r}; "
-            "give graphs as name=path.tsv for other genomes"
-        )
-    else:
-        graphs_by_name = {}
-    for spec in specs:
-        if "=" in spec:
-            name, path = spec.split("=", 1)
-            directed = path.endswith(":directed")
-            path = path.removesuffix(":directed")
-            graphs.append(load_edge_list(path, genome, name=name, directed=directed or None)[0])
-        else:
-            graphs.append(graphs_by_name[spec])
-    gs = GraphSet(graphs, genome.hash)
-    for name, ctl in controls.items():
-        if name not in gs:
-            raise KeyError(f"graph_controls names {name!r}, which is not among the graphs {gs.names}")
-        unknown = set(ctl) - {"rewire", "seed"}
-        if unknown:
-            raise ValueError(f"graph_controls[{name!r}]: unknown keys {sorted(unknown)}; expected rewire, seed")
-        g = gs[name].rewired(float(ctl.get("rewire", 1.0)), seed=int(ctl.get("seed", 0)), name=name)
-        gs = GraphSet([g if n == name else gs[n] for n in gs.names], genome.hash)
-    return gs
+from cellformer.genome import load_genome
+from cellformer.graphs import load_graphs
 
 
 class PerturbationDataModule(L.LightningDataModule):

@@ -9,23 +9,29 @@ import lightning as L
 import numpy as np
 import torch
 
-from cellformer.data.dataset import PerturbationBatch
+from cellformer.data.dataset import PerturbationBatch, PerturbationData
+from cellformer.errors import UserError
+from cellformer.models.checkpoint import CHECKPOINT_KEY, check_genome, context_to_checkpoint
 from cellformer.models.registry import build_model
 from cellformer.training.metrics import format_metrics_table, masked_mse, regression_metrics
 
-CHECKPOINT_KEY = "cellformer"
-CHECKPOINT_VERSION = 1
-
 
 class PhenotypeModule(L.LightningModule):
-    """Trains a phenotype model (``model``: cellformer, dango, lazy, neighbor, additive).
+    """Trains a phenotype model (``model``: cellformer, dango, lazy, neighbor, additive, graph_smoothing).
+
+    Phenotypes are standardised with training-split statistics (set at ``fit`` from the data module and
+    stored in the model's state dict); the loss is the NaN-masked MSE in standardised units, so no
+    phenotype dominates by its scale, and predictions come back in original units. ``val_loss`` is the
+    phenotype loss alone: checkpoint selection and early stopping never see the auxiliary terms
+    (graph KL, reconstruction), which are logged separately under ``<stage>/graph/…`` and
+    ``<stage>/total_loss``.
 
     Args:
         model: registered model name (see :data:`cellformer.models.registry.MODELS`).
         model_args: the model's hyper-parameters (e.g. ``d_model``, ``graph_reg`` for CellFormer).
         lr, weight_decay: AdamW settings; ``warmup_steps`` of linear warm-up, then cosine decay to
             ``lr * min_lr_ratio`` over the trainer's total steps.
-        phenotype_weights: loss weight per phenotype name (default 1 each); unknown names are errors.
+        phenotype_weights: loss weight per phenotype name (default 1 each, ≥ 0); unknown names are errors.
         monitor_rows: rows sampled for the attention–graph alignment monitor at validation.
         context: the data context (genome, graphs, phenotype names), linked from the data module by
             the CLI; not a hyper-parameter (it is stored in checkpoints separately).
@@ -53,7 +59,10 @@ class PhenotypeModule(L.LightningModule):
         weights = dict(phenotype_weights or {})
         unknown = set(weights) - set(names)
         if unknown:
-            raise ValueError(f"phenotype_weights names unknown phenotypes {sorted(unknown)}; known: {names}")
+            raise UserError(f"phenotype_weights names unknown phenotypes {sorted(unknown)}; known: {names}")
+        bad = {k: v for k, v in weights.items() if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0)}
+        if bad:
+            raise UserError(f"phenotype_weights must be finite and ≥ 0; got {bad}")
         self.register_buffer("pheno_weight", torch.tensor([weights.get(n, 1.0) for n in names]), persistent=False)
         self._eval_store: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
         self.last_metrics: dict[str, dict[str, dict[str, float]]] = {}
@@ -66,13 +75,34 @@ class PhenotypeModule(L.LightningModule):
         return self.model(batch)
 
     # ------------------------------------------------------------------ steps
+    def setup(self, stage: str) -> None:
+        """At ``fit``: target scaling from the training split, and closed-form fitting where a model has it."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "fit" and dm is not None and hasattr(dm, "data") and hasattr(dm, "split_index"):
+            self.fit_data(dm.data, dm.split_index["train"])
+
+    def fit_data(self, data: PerturbationData, train_rows: np.ndarray) -> None:
+        """Standardise targets with ``data[train_rows]`` statistics, then let the model fit in closed form."""
+        y = data.phenotypes[np.asarray(train_rows)]
+        cols = [data.phenotype_names.index(n) for n in self.phenotype_names]
+        y = y[:, cols].astype(np.float64)
+        with np.errstate(all="ignore"):
+            mean = np.nanmean(y, axis=0) if len(y) else np.zeros(len(cols))
+            std = np.nanstd(y, axis=0) if len(y) else np.ones(len(cols))
+        self.model.set_target_scaling(mean, std)
+        self.model.fit_records(data, np.asarray(train_rows))
+
     def _loss(self, batch: PerturbationBatch, stage: str):
         out = self.model(batch)
-        mse, count = masked_mse(out.pred.float(), batch.y)
+        std = self.model.standardise
+        mse, count = masked_mse(std(out.pred.float()), std(batch.y))
         pheno_loss = (self.pheno_weight * mse).sum()
         total = pheno_loss + sum(out.losses.values(), torch.zeros((), device=pheno_loss.device))
+        if not torch.isfinite(total) and stage == "train":
+            terms = {"phenotype": float(pheno_loss), **{k: float(v) for k, v in out.losses.items()}}
+            raise FloatingPointError(f"non-finite training loss at step {self.global_step}: {terms}")
         bs = batch.num_samples
-        log = {f"{stage}/loss": total, f"{stage}/phenotype_loss": pheno_loss}
+        log = {f"{stage}/total_loss": total, f"{stage}/phenotype_loss": pheno_loss}
         for name, c, m in zip(self.phenotype_names, count, mse, strict=True):
             if c > 0:
                 log[f"{stage}/mse/{name}"] = m
@@ -83,7 +113,7 @@ class PhenotypeModule(L.LightningModule):
         )
         self.log(
             f"{stage}_loss",
-            total,
+            pheno_loss,
             batch_size=bs,
             prog_bar=True,
             on_step=stage == "train",
@@ -92,9 +122,9 @@ class PhenotypeModule(L.LightningModule):
         )
         return total, out
 
-    def training_step(self, batch: PerturbationBatch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: PerturbationBatch, batch_idx: int) -> torch.Tensor | None:
         loss, _ = self._loss(batch, "train")
-        return loss
+        return loss if self.model.trainable else None  # closed-form models: nothing to step
 
     def _eval_step(self, batch: PerturbationBatch, stage: str) -> None:
         _, out = self._loss(batch, stage)
@@ -112,9 +142,7 @@ class PhenotypeModule(L.LightningModule):
     # ------------------------------------------------------------------ epoch boundaries
     def _encoding_cache(self, enabled: bool) -> None:
         """Weights are fixed during an evaluation epoch: models that can reuse one encoding do so."""
-        setter = getattr(self.model, "set_encoding_cache", None)
-        if callable(setter):
-            setter(enabled)
+        self.model.set_encoding_cache(enabled)
 
     def on_validation_epoch_start(self) -> None:
         self._encoding_cache(True)
@@ -150,6 +178,9 @@ class PhenotypeModule(L.LightningModule):
             for k in ("pearson", "spearman", "r2", "mse"):
                 if not math.isnan(m[k]):
                     flat[f"{stage}/{k}/{name}"] = m[k]
+        pearsons = [m["pearson"] for m in metrics.values() if not math.isnan(m["pearson"])]
+        if pearsons:
+            flat[f"{stage}/mean_pearson"] = float(np.mean(pearsons))
         if flat:
             self.log_dict(flat, rank_zero_only=True)
         self.last_metrics[stage] = metrics
@@ -158,10 +189,10 @@ class PhenotypeModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._encoding_cache(False)
         self._epoch_metrics("val")
-        monitor = getattr(self.model, "monitor", None)
-        if callable(monitor) and not self.trainer.sanity_checking:
-            values = monitor(rows=self.hparams.monitor_rows)
-            self.log_dict({f"monitor/{k}": float(v) for k, v in values.items()}, rank_zero_only=True)
+        if not self.trainer.sanity_checking:
+            values = self.model.monitor(rows=self.hparams.monitor_rows)
+            if values:
+                self.log_dict({f"monitor/{k}": float(v) for k, v in values.items()}, rank_zero_only=True)
 
     def on_test_epoch_end(self) -> None:
         self._encoding_cache(False)
@@ -171,6 +202,8 @@ class PhenotypeModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
+        if not self.model.trainable:
+            return None  # closed-form model (fitted in ``setup``)
         decay, no_decay = [], []
         for n, p in self.model.named_parameters():
             if not p.requires_grad:
@@ -196,34 +229,17 @@ class PhenotypeModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = context_to_checkpoint(self.context, self.hparams.model, self.model.hparams_dict)
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint of another genome, gene order, phenotype set or model (test, validate, resume)."""
+        meta = checkpoint.get(CHECKPOINT_KEY)
+        if meta is None:
+            raise UserError("the checkpoint is not a cellformer checkpoint (no 'cellformer' section)")
+        check_genome(meta, self.context.genome, "given with --ckpt_path")
+        if list(meta["phenotype_names"]) != self.phenotype_names:
+            raise UserError(
+                f"the checkpoint predicts phenotypes {meta['phenotype_names']}, the data module gives "
+                f"{self.phenotype_names}"
+            )
+        if meta["model"] != self.hparams.model:
+            raise UserError(f"the checkpoint holds model {meta['model']!r}, the config builds {self.hparams.model!r}")
 
-def context_to_checkpoint(context, model_name: str, model_hparams: dict) -> dict:
-    """Everything needed to query a checkpoint, as tensors and plain Python (``weights_only``-safe)."""
-    g = context.genome
-    graphs = {}
-    for name, graph in context.graphs.items():
-        adj = graph.adj
-        graphs[name] = {
-            "indptr": torch.from_numpy(adj.indptr.astype(np.int64)),
-            "indices": torch.from_numpy(adj.indices.astype(np.int64)),
-            "data": torch.from_numpy(adj.data.astype(np.float32)),
-            "num_nodes": int(graph.num_nodes),
-            "directed": bool(graph.directed),
-        }
-    return {
-        "version": CHECKPOINT_VERSION,
-        "model": model_name,
-        "model_hparams": model_hparams,
-        "phenotype_names": list(context.phenotype_names),
-        "genome": {
-            "name": g.name,
-            "genes": list(g.genes),
-            "aliases": list(g.aliases),
-            "features": torch.from_numpy(g.features),
-            "added": torch.from_numpy(g.added.astype(np.bool_)),
-            "sequences": dict(g.sequences),
-            "hash": g.hash,
-        },
-        "graph_names": list(context.graphs.names),
-        "graphs": graphs,
-    }

@@ -89,4 +89,4 @@ class Additive(PhenotypeModel):
         summed = summed * self.uses_genes
         linear = self.bias + summed
         pred = torch.where(self.multiplicative, torch.exp(linear.clamp(max=self.max_log)), linear)
-        return ModelOutput(pred=pred)
+        return ModelOutput(pred=self.unscale(pred))

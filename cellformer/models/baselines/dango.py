@@ -160,4 +160,4 @@ class Dango(PhenotypeModel):
             "nodes_per_sample": sizes.mean() if sizes.numel() else torch.tensor(0.0),
             "edges_per_sample": torch.tensor(0.0),
         }
-        return ModelOutput(pred=pred, losses=losses, extras=extras)
+        return ModelOutput(pred=self.unscale(pred), losses=losses, extras=extras)

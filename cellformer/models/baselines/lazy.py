@@ -216,4 +216,4 @@ class LazySubgraph(PhenotypeModel):
             "nodes_per_sample": torch.tensor(float(n)),
             "edges_per_sample": torch.tensor(ei.shape[1] / max(bsz, 1)),
         }
-        return ModelOutput(pred=pred, extras=extras)
+        return ModelOutput(pred=self.unscale(pred), extras=extras)

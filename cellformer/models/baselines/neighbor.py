@@ -142,4 +142,4 @@ class NeighborSubgraph(PhenotypeModel):
             "nodes_per_sample": torch.tensor(n_total / max(bsz, 1)),
             "edges_per_sample": torch.tensor(sg["edge_index"].shape[1] / max(bsz, 1)),
         }
-        return ModelOutput(pred=pred, extras=extras)
+        return ModelOutput(pred=self.unscale(pred), extras=extras)
