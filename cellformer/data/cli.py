@@ -163,6 +163,140 @@ def _print_graphs(detailed: bool) -> None:
                 print(f"  {'':<20} {rep.summary()}")
 
 
+# ---------------------------------------------------------------------- genotypes
+def _cmd_import_genotypes(args: argparse.Namespace) -> int:
+    from cellformer.genotype.data import random_genotype_split
+    from cellformer.genotype.importers import read_genotype_table, read_npy_splits
+
+    src, out = Path(args.genotypes), Path(args.out)
+    if out.exists() and not args.force:
+        raise UserError(f"{out} already exists; pass --force to overwrite it")
+    fmt = args.format or ("npy-splits" if src.is_dir() else "table")
+    if fmt == "npy-splits":
+        if args.phenotypes:
+            raise UserError("--phenotypes is for --format table; npy-splits reads pheno_{train,val,test}.npy")
+        data = read_npy_splits(src, marker_table=args.markers)
+    else:
+        rejects = Path(args.rejects) if args.rejects else out.with_name(out.name.split(".")[0] + ".rejects.tsv")
+        rejects.unlink(missing_ok=True)  # a previous import's rejects must not outlive it
+        data, report = read_genotype_table(
+            src,
+            args.phenotypes,
+            marker_table=args.markers,
+            allele_coding=args.coding,
+            reference_allele=args.reference_allele,
+            rejects=rejects,
+        )
+        print(report.summary())
+        if data.split is None:
+            data.split = random_genotype_split(len(data), val=args.val, test=args.test, seed=args.seed)
+            print(f"assigned a random split (val {args.val}, test {args.test}, seed {args.seed})")
+    data.save(out)
+    print(f"wrote {out}: {data.summary()}")
+    return 0
+
+
+def _cmd_simulate_genotypes(args: argparse.Namespace) -> int:
+    from cellformer.genotype.simulate import simulate_genotypes
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise UserError(f"{out} already exists; pass --force to overwrite it")
+    data = simulate_genotypes(
+        n_samples=args.samples,
+        n_loci=args.loci,
+        n_traits=args.traits,
+        n_qtl=args.qtl,
+        additive_share=args.additive_share,
+        h2=args.h2,
+        pleiotropy=args.pleiotropy,
+        n_dilution=args.dilution,
+        linked=not args.unlinked,
+        val=args.val,
+        test=args.test,
+        seed=args.seed,
+        epistatic_pairs=args.epistatic_pairs,
+    )
+    data.save(out)
+    t = data.truth
+    shares = ", ".join(f"{v:.3f}" for v in t["additive_share"][:6])
+    h2 = ", ".join(f"{v:.3f}" for v in t["h2"][:6])
+    more = ", …" if len(t["h2"]) > 6 else ""
+    print(f"wrote {out}: {data.summary()}")
+    print(f"  realised V_A/V_G: {shares}{more}; H²: {h2}{more}; {len(t['pairs'])} epistatic pairs")
+    return 0
+
+
+def _add_genotype_commands(sub) -> None:
+    """``import-genotypes`` and ``simulate-genotypes`` (genotype → phenotype datasets)."""
+    p = sub.add_parser(
+        "import-genotypes",
+        help="import a genotype table (+ phenotype table) or geno_/pheno_*.npy splits into an HDF5 dataset",
+        description=(
+            "Import segregant genotypes into a genotype dataset (HDF5; see data/README.md, 'Genotype "
+            "datasets'). --format table: GENO is a samples × markers TSV/CSV (optionally .gz; first column "
+            "the sample id, header = marker ids) with alleles coded 0/1, -1/+1 or two letters (e.g. B/R); "
+            "the reference allele is stored as +1 (default: 1, or the first letter seen; see "
+            "--reference-allele); NA, empty, '-', '.', 'N' are missing. --phenotypes is a table keyed by "
+            "sample id. Marker positions come from --markers (id, chrom, pos[, gene]) or are parsed from "
+            "names like 27915_chr01_27915_T_C. Bad rows are skipped, reported with their line numbers and "
+            "written to --rejects. --format npy-splits: GENO is a directory with geno_{train,val,test}.npy "
+            "(±1) and pheno_{train,val,test}.npy; the splits are kept."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("genotypes", metavar="GENO", help="genotype table (.tsv/.csv[.gz]) or npy-splits directory")
+    p.add_argument("--phenotypes", default=None, help="phenotype table keyed by sample id (--format table)")
+    p.add_argument("--markers", default=None, help="marker table: id, chrom, pos[, gene]")
+    p.add_argument(
+        "--format",
+        choices=["table", "npy-splits"],
+        default=None,
+        help="input layout (default: npy-splits for a directory, else table)",
+    )
+    p.add_argument("--out", required=True, help="output HDF5 file")
+    p.add_argument("--rejects", default=None, help="TSV of rejected rows (default: <out>.rejects.tsv)")
+    p.add_argument("--coding", choices=["auto", "01", "pm1", "letters"], default="auto", help="allele coding")
+    p.add_argument("--reference-allele", default=None, help="allele code stored as +1 (e.g. B)")
+    p.add_argument("--val", type=float, default=0.1, help="val share of the random split (tables have none)")
+    p.add_argument("--test", type=float, default=0.1, help="test share of the random split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random split")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.set_defaults(func=_cmd_import_genotypes)
+
+    p = sub.add_parser(
+        "simulate-genotypes",
+        help="simulate an F1 segregant population with QTL, additive and epistatic effects",
+        description=(
+            "Simulate haploid F1 segregants (crossovers along the 16 yeast chromosomes, or unlinked 50/50 "
+            "loci) and traits with --qtl causal loci, additive plus pairwise (additive × additive) "
+            "epistatic effects, the requested V_A/V_G (--additive-share) and broad-sense heritability "
+            "(--h2), hit exactly on the simulated population. Traits share their QTL with effect "
+            "correlation --pleiotropy. The ground truth (causal loci, effects, realised variance "
+            "components) is stored in the file. Deterministic for a given --seed. See data/README.md."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--out", required=True, help="output HDF5 file")
+    p.add_argument("--samples", type=int, default=5000, help="number of segregants")
+    p.add_argument("--loci", type=int, default=1164, help="number of markers (before --dilution)")
+    p.add_argument("--traits", type=int, default=1, help="number of traits")
+    p.add_argument("--qtl", type=int, default=20, help="number of causal loci (shared by all traits)")
+    p.add_argument(
+        "--additive-share", type=float, nargs="+", default=[1.0], help="V_A/V_G in [0, 1]: one value or one per trait"
+    )
+    p.add_argument("--h2", type=float, nargs="+", default=[0.8], help="broad-sense heritability V_G/V_P in (0, 1]")
+    p.add_argument("--pleiotropy", type=float, default=0.0, help="correlation of QTL effects between traits")
+    p.add_argument("--dilution", type=int, default=0, help="extra uninformative markers near causal loci")
+    p.add_argument("--epistatic-pairs", type=int, default=None, help="number of epistatic pairs (default: QTL/2)")
+    p.add_argument("--unlinked", action="store_true", help="independent 50/50 loci instead of linked segregants")
+    p.add_argument("--val", type=float, default=0.1, help="val share of the random split")
+    p.add_argument("--test", type=float, default=0.1, help="test share of the random split")
+    p.add_argument("--seed", type=int, default=0, help="random seed (everything is deterministic given it)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.set_defaults(func=_cmd_simulate_genotypes)
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The ``cellformer data`` argument parser (sub-commands set ``func``)."""
@@ -237,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", default=str(DEFAULT_DATASET), help="dataset (HDF5)")
     p.add_argument("--graphs", action="store_true", help="list every shipped graph with degree statistics")
     p.set_defaults(func=_cmd_info)
+
+    _add_genotype_commands(sub)
 
     try:
         from cellformer.data.importers.cli import register

@@ -1,0 +1,597 @@
+"""Import genotype → phenotype data into :class:`~cellformer.genotype.data.GenotypeData`.
+
+Two layouts (see ``data/README.md``, "Genotype datasets"):
+
+* :func:`read_genotype_table`: a samples × markers table (TSV or CSV, optionally ``.gz``) plus a
+  phenotype table keyed by sample id, and optionally a marker table (id, chrom, pos[, gene]).
+* :func:`read_npy_splits`: the ``geno_{train,val,test}.npy`` / ``pheno_{train,val,test}.npy`` layout in
+  which the 100,000-segregant data circulates.
+
+**Allele convention.** Genotypes are stored as +1 / -1 (0 = missing). The *reference* allele is +1:
+for two-letter tables (e.g. ``B``/``R``) the reference is ``reference_allele`` when given, else the
+first of the two letters seen in the file (reading order); for 0/1 tables ``1`` is +1 and ``0`` is -1
+unless ``reference_allele="0"``; ±1 tables are kept as they are unless ``reference_allele="-1"``.
+``NA``, ``NaN``, empty, ``-``, ``.`` and ``N`` (any case) are missing calls (0).
+
+**Bad rows** (wrong number of fields, an unknown allele code, a duplicate or empty sample id, a
+non-numeric phenotype) do not stop the import: each is reported as ``file:line: problem``, counted in
+the :class:`GenotypeImportReport` and written to the rejects file when one is given. Samples with
+genotypes but no phenotype row are kept (phenotypes NaN) and counted; phenotype rows without a
+genotyped sample cannot be used and are counted and named in the report. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cellformer.data.dataset import SPLITS
+from cellformer.data.table import ImportReport
+from cellformer.errors import UserError
+from cellformer.genome.genome import open_text
+from cellformer.genotype.data import GenotypeData, Loci
+
+#: Default phenotype names of the 18-condition 100,000-segregant data (column order of pheno_*.npy).
+NPY_PHENOTYPE_NAMES = (
+    "23C", "25C", "27C", "30C", "33C", "35C", "37C", "cu", "suloc", "ynb",
+    "eth", "gu", "li", "mann", "mol", "raff", "sds", "4NQO",
+)  # fmt: skip
+MISSING_CALLS = frozenset({"", "NA", "NAN", "N/A", "-", ".", "N"})
+MISSING_VALUES = frozenset({"", "na", "n/a", "nan", "-"})
+ALLELE_CODINGS = ("auto", "01", "pm1", "letters")
+
+_ROMAN = {"I": 1, "V": 5, "X": 10, "L": 50, "C": 100}
+_CHR_IN_NAME = re.compile(r"(?:^|[_:.\-|])chr(?:omosome)?[_]?([0-9]+|[ivxlc]+)[_:.\-|](\d+)(?=$|[_:.\-|])", re.I)
+
+
+@dataclass
+class GenotypeImportReport(ImportReport):
+    """:class:`~cellformer.data.table.ImportReport` for genotype imports, with notes on coding and matching.
+
+    ``rows`` / ``imported`` / ``rejected`` count genotype-table rows plus phenotype-table rows;
+    ``notes`` say how alleles were coded, which samples lack phenotypes or genotypes, and which markers
+    have no position.
+    """
+
+    notes: list[str] = field(default_factory=list)
+    genotyped_without_phenotypes: int = 0
+    phenotyped_without_genotypes: int = 0
+
+    def summary(self) -> str:
+        """One human-readable paragraph (rows, rejects, notes)."""
+        text = super().summary()
+        if self.notes:
+            text += "\n" + "\n".join(f"  note: {n}" for n in self.notes)
+        return text
+
+
+class _Rejects:
+    """Collects rejected rows for the report and the rejects file."""
+
+    def __init__(self, report: GenotypeImportReport):
+        self.report = report
+        self.lines: list[tuple[int, int, str]] = []
+        self.files: dict[str, int] = {}
+
+    def add(self, path: Path, line: int, kind: str, problem: str, raw: str) -> None:
+        r = self.report
+        r.rejected += 1
+        r.rejected_by_kind[kind] += 1
+        if len(r.examples) < r.max_examples:
+            r.examples.append((line, f"{path.name}: {problem}"))
+        self.files.setdefault(str(path), len(self.files))
+        self.lines.append((self.files[str(path)], line, f"{path}\t{line}\t{kind}\t{problem}\t{raw}"))
+
+    def write(self, path: str | Path | None) -> None:
+        """Write the rejects TSV (file, then line order) when there are rejects and a path."""
+        self.report.examples.sort(key=lambda x: x[0])
+        if path is None or not self.lines:
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write("file\tline\tkind\treason\trow\n")
+            fh.writelines(f"{x[2]}\n" for x in sorted(self.lines, key=lambda x: x[:2]))
+        self.report.rejects_path = str(path)
+
+
+# ---------------------------------------------------------------------- small parsers
+def parse_chromosome(name: str) -> int:
+    """Chromosome number of ``chr01``, ``chrI``, ``chrXVI``, ``12``, ``XII``… (0 when not recognised)."""
+    s = str(name).strip()
+    s = re.sub(r"^chr(?:omosome)?[_ ]?", "", s, flags=re.I)
+    if s.isdigit():
+        return int(s)
+    s = s.upper()
+    if not s or any(ch not in _ROMAN for ch in s):
+        return 0
+    total = 0
+    for i, ch in enumerate(s):
+        v = _ROMAN[ch]
+        total += -v if i + 1 < len(s) and _ROMAN[s[i + 1]] > v else v
+    return total
+
+
+def parse_marker_name(name: str) -> tuple[int, int]:
+    """``(chrom, pos)`` from a marker name like ``27915_chr01_27915_T_C`` or ``chrIV:12345``; ``(0, -1)`` if none."""
+    m = _CHR_IN_NAME.search(name)
+    if not m:
+        return 0, -1
+    return parse_chromosome(m.group(1)), int(m.group(2))
+
+
+def _sniff(line: str, delimiter: str | None) -> str | None:
+    if delimiter is not None:
+        return delimiter
+    if "\t" in line:
+        return "\t"
+    if "," in line:
+        return ","
+    return None  # any whitespace
+
+
+def _split(line: str, delimiter: str | None) -> list[str]:
+    return line.split(delimiter) if delimiter is not None else line.split()
+
+
+def _lines(path: Path):
+    """``(line number, raw line)`` of the non-blank, non-comment lines (physical line numbers)."""
+    with open_text(path) as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            line = raw.rstrip("\r\n")
+            if not line.strip() or line.startswith("#"):
+                continue
+            yield lineno, line
+
+
+def _open(path: str | Path, what: str) -> tuple[Path, int, str, object]:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{what} {path} does not exist")
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory (expected a TSV/CSV file)")
+    lines = _lines(path)
+    try:
+        lineno, header = next(lines)
+    except StopIteration:
+        raise UserError(f"{path}: the {what} is empty (expected a header line)") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: the {what} is not UTF-8 text") from None
+    return path, lineno, header, lines
+
+
+def read_marker_table(path: str | Path, delimiter: str | None = None) -> dict[str, tuple[int, int, str]]:
+    """``{marker id: (chrom, pos, gene)}`` from a table with columns id, chrom, pos[, gene].
+
+    A header line is recognised by its column names (``id``/``marker``/``name``/``snp``,
+    ``chrom``/``chr``/``chromosome``, ``pos``/``position``/``bp``, ``gene``), in any order; without one
+    the columns are taken in that order. Chromosomes may be numbers, ``chr01`` or roman numerals
+    (``chrXVI``); an unrecognised chromosome is 0 and ``NA`` positions are -1. Errors name the line.
+    """
+    path, lineno, header, lines = _open(path, "marker table")
+    delim = _sniff(header, delimiter)
+    cols = [c.strip().lower() for c in _split(header, delim)]
+    aliases = {
+        "id": ("id", "marker", "marker_id", "name", "snp", "locus"),
+        "chrom": ("chrom", "chr", "chromosome"),
+        "pos": ("pos", "position", "bp", "start"),
+        "gene": ("gene", "nearest_gene", "gene_name"),
+    }
+    idx = {k: next((cols.index(a) for a in names if a in cols), None) for k, names in aliases.items()}
+    rows = []
+    if idx["id"] is not None and idx["chrom"] is not None and idx["pos"] is not None:
+        pass  # a header line
+    else:
+        idx = {"id": 0, "chrom": 1, "pos": 2, "gene": 3 if len(cols) > 3 else None}
+        rows.append((lineno, header))
+    if len(cols) < 3:
+        raise UserError(f"{path}:{lineno}: a marker table needs at least 3 columns (id, chrom, pos)")
+    rows.extend(lines)
+    out: dict[str, tuple[int, int, str]] = {}
+    for ln, line in rows:
+        f = [x.strip() for x in _split(line, delim)]
+        need = max(v for v in idx.values() if v is not None) + 1
+        if len(f) < need:
+            raise UserError(f"{path}:{ln}: expected at least {need} fields, got {len(f)}")
+        mid = f[idx["id"]]
+        if not mid:
+            raise UserError(f"{path}:{ln}: empty marker id")
+        if mid in out:
+            raise UserError(f"{path}:{ln}: marker {mid!r} appears twice")
+        raw_pos = f[idx["pos"]]
+        if raw_pos.lower() in MISSING_VALUES:
+            pos = -1
+        else:
+            try:
+                pos = int(float(raw_pos))
+            except ValueError:
+                raise UserError(f"{path}:{ln}: position {raw_pos!r} is not a number") from None
+        gene = f[idx["gene"]] if idx["gene"] is not None and idx["gene"] < len(f) else ""
+        out[mid] = (parse_chromosome(f[idx["chrom"]]), pos, "" if gene.lower() in MISSING_VALUES else gene)
+    return out
+
+
+def _loci_for(
+    ids: list[str], markers: dict[str, tuple[int, int, str]] | None, report: GenotypeImportReport | None
+) -> Loci:
+    chrom = np.zeros(len(ids), dtype=np.int16)
+    pos = np.full(len(ids), -1, dtype=np.int64)
+    gene = [""] * len(ids)
+    from_table = parsed = 0
+    for i, mid in enumerate(ids):
+        if markers is not None and mid in markers:
+            chrom[i], pos[i], gene[i] = markers[mid]
+            from_table += 1
+            continue
+        c, p = parse_marker_name(mid)
+        if c:
+            chrom[i], pos[i] = c, p
+            parsed += 1
+    unplaced = len(ids) - from_table - parsed
+    if report is not None:
+        if markers is not None:
+            report.notes.append(f"{from_table} of {len(ids)} markers placed from the marker table")
+            absent = [m for m in ids if m not in markers]
+            if absent:
+                report.notes.append(f"{len(absent)} markers are not in the marker table (e.g. {', '.join(absent[:3])})")
+        if parsed:
+            report.notes.append(f"{parsed} marker positions parsed from marker names (chrNN_position)")
+        if unplaced:
+            report.notes.append(f"{unplaced} markers have no known position (chrom 0, pos -1)")
+    return Loci(ids=ids, chrom=chrom, pos=pos, gene=gene)
+
+
+# ---------------------------------------------------------------------- genotype table
+def _coding(tokens: Counter, allele_coding: str, reference_allele: str | None, first_seen: list[str]) -> dict:
+    """``{token: +1/-1}`` for the coding; the note on how it was chosen is the ``"_note"`` entry."""
+    calls = {t: c for t, c in tokens.items() if t not in MISSING_CALLS}
+    numeric = {t for t in calls if re.fullmatch(r"[+-]?\d+(\.0*)?", t)}
+    if allele_coding not in ALLELE_CODINGS:
+        raise UserError(f"unknown allele coding {allele_coding!r}; expected one of {', '.join(ALLELE_CODINGS)}")
+    coding = allele_coding
+    if coding == "auto":
+        n_num = sum(calls[t] for t in numeric)
+        n_let = sum(c for t, c in calls.items() if t not in numeric)
+        if n_num >= n_let and n_num:
+            coding = "pm1" if any(float(t) == -1 for t in numeric) else "01"
+        elif n_let:
+            coding = "letters"
+        else:
+            raise UserError("the genotype table has no allele calls (every call is missing)")
+    if coding in ("01", "pm1"):
+        lo, hi = (0.0, 1.0) if coding == "01" else (-1.0, 1.0)
+        mapping = {t: (1 if float(t) == hi else -1) for t in numeric if float(t) in (lo, hi)}
+        if reference_allele is not None:
+            try:
+                ref = float(reference_allele)
+            except ValueError:
+                raise UserError(f"reference allele {reference_allele!r} is not a {coding} code") from None
+            if ref not in (lo, hi):
+                raise UserError(f"reference allele {reference_allele!r} is not one of {lo:g}, {hi:g}")
+            if ref == lo:
+                mapping = {t: -v for t, v in mapping.items()}
+        ref_txt = f"{(hi if reference_allele is None or float(reference_allele) == hi else lo):g}"
+        label = "0/1" if coding == "01" else "-1/+1"
+        mapping["_note"] = f"alleles coded {label}; {ref_txt} read as +1 (reference)"
+        return mapping
+    letters = [t for t, _ in sorted(((t, c) for t, c in calls.items() if t not in numeric), key=lambda x: -x[1])]
+    if reference_allele is not None:
+        ref = reference_allele.strip().upper()
+        if ref not in calls:
+            raise UserError(f"reference allele {reference_allele!r} does not occur in the genotype table")
+        others = [t for t in letters if t != ref]
+        if not others:
+            raise UserError(f"the genotype table has only one allele ({ref}); expected two letters")
+        alt = others[0]
+    else:
+        if len(letters) < 2:
+            raise UserError(f"the genotype table has only one allele code ({', '.join(letters)}); expected two")
+        pair = set(letters[:2])
+        ref = next(t for t in first_seen if t in pair)
+        alt = next(t for t in letters[:2] if t != ref)
+    return {ref: 1, alt: -1, "_note": f"alleles coded as letters {ref}/{alt}; {ref} read as +1 (reference)"}
+
+
+def read_genotype_table(
+    geno_path: str | Path,
+    pheno_path: str | Path | None = None,
+    *,
+    marker_table: str | Path | None = None,
+    allele_coding: str = "auto",
+    reference_allele: str | None = None,
+    delimiter: str | None = None,
+    rejects: str | Path | None = None,
+) -> tuple[GenotypeData, GenotypeImportReport]:
+    """Import a samples × markers table and a phenotype table (allele convention in the module docstring).
+
+    Args:
+        geno_path: TSV/CSV (optionally ``.gz``): header = sample-id column name then marker ids; one row
+            per sample (id, then one allele call per marker).
+        pheno_path: TSV/CSV keyed by sample id: header = sample-id column name then phenotype names;
+            ``NA``/empty = not measured. None: no phenotypes (P = 0, e.g. for prediction).
+        marker_table: optional table of marker positions (:func:`read_marker_table`); markers not in it
+            are placed from their names (``…_chr01_27915…``) when possible, else unknown.
+        allele_coding: ``auto`` (from the calls in the file), ``01``, ``pm1`` or ``letters``.
+        reference_allele: the allele read as +1 (default: ``1``, or the first letter seen).
+        delimiter: field separator (default: tab if the header has one, else comma, else whitespace).
+        rejects: path of the rejects TSV (file, line, kind, reason, row) written when rows are rejected.
+
+    Returns:
+        the dataset (no split stored) and the report.
+    """
+    path, hline, header, lines = _open(geno_path, "genotype table")
+    delim = _sniff(header, delimiter)
+    head = [h.strip() for h in _split(header, delim)]
+    if len(head) < 2:
+        raise UserError(f"{path}:{hline}: the header needs a sample-id column and at least one marker")
+    marker_ids = head[1:]
+    if any(not m for m in marker_ids):
+        raise UserError(f"{path}:{hline}: empty marker id in the header (column {marker_ids.index('') + 2})")
+    dup = next((m for m, c in Counter(marker_ids).items() if c > 1), None)
+    if dup is not None:
+        raise UserError(f"{path}:{hline}: marker {dup!r} appears twice in the header")
+    report = GenotypeImportReport(str(path))
+    rej = _Rejects(report)
+    width = len(head)
+
+    # pass 1 (in memory): fields and allele counts
+    rows: list[tuple[int, str, str, list[str]]] = []
+    tokens: Counter = Counter()
+    first_seen: list[str] = []
+    seen_ids: dict[str, int] = {}
+    for lineno, line in lines:
+        report.rows += 1
+        f = [x.strip() for x in _split(line, delim)]
+        if len(f) != width:
+            rej.add(path, lineno, "field_count", f"expected {width} fields (as in the header), got {len(f)}", line)
+            continue
+        sid = f[0]
+        if not sid:
+            rej.add(path, lineno, "empty_sample", "empty sample id", line)
+            continue
+        if sid in seen_ids:
+            rej.add(path, lineno, "duplicate_sample", f"sample {sid!r} already on line {seen_ids[sid]}", line)
+            continue
+        seen_ids[sid] = lineno
+        calls = [c.upper() for c in f[1:]]
+        tokens.update(calls)
+        if len(first_seen) < 2:
+            for c in calls:
+                if c not in MISSING_CALLS and c not in first_seen and not re.fullmatch(r"[+-]?\d+(\.0*)?", c):
+                    first_seen.append(c)
+        rows.append((lineno, line, sid, calls))
+    if not rows:
+        rej.write(rejects)
+        raise UserError(f"{path}: no genotype rows to import ({report.summary()})")
+    mapping = _coding(tokens, allele_coding, reference_allele, first_seen)
+    coding_note = mapping.pop("_note")
+    report.notes.append(coding_note)
+    lut = {**mapping, **{t: 0 for t in MISSING_CALLS}}
+    if "-1" in mapping or "+1" in mapping:  # ±1 coding: a 0 call is missing
+        lut.update({t: 0 for t in tokens if re.fullmatch(r"[+-]?0+(\.0*)?", t)})
+
+    geno = np.zeros((len(rows), len(marker_ids)), dtype=np.int8)
+    sample_ids: list[str] = []
+    k = 0
+    for lineno, line, sid, calls in rows:
+        try:
+            geno[k] = [lut[c] for c in calls]
+        except KeyError:
+            bad = next(j for j, c in enumerate(calls) if c not in lut)
+            allowed = "/".join(sorted(t for t in mapping)) + " or a missing code (NA, -, N, empty)"
+            rej.add(
+                path,
+                lineno,
+                "bad_allele",
+                f"unknown allele code {calls[bad]!r} for marker {marker_ids[bad]!r} (expected {allowed})",
+                line,
+            )
+            continue
+        sample_ids.append(sid)
+        k += 1
+    geno = geno[:k]
+    n_geno_imported = k
+    if not k:
+        rej.write(rejects)
+        raise UserError(f"{path}: no genotype rows to import ({report.summary()})")
+    markers = read_marker_table(marker_table) if marker_table is not None else None
+    loci = _loci_for(marker_ids, markers, report)
+
+    names: list[str] = []
+    pheno = np.zeros((k, 0), dtype=np.float32)
+    if pheno_path is not None:
+        names, values = _read_phenotypes(Path(pheno_path), delimiter, report, rej)
+        report.phenotype_names = list(names)
+        pheno = np.full((k, len(names)), np.nan, dtype=np.float32)
+        index = {s: i for i, s in enumerate(sample_ids)}
+        missing_geno = [s for s in values if s not in index]
+        for s, v in values.items():
+            if s in index:
+                pheno[index[s]] = v
+        no_pheno = [s for s in sample_ids if s not in values]
+        report.genotyped_without_phenotypes = len(no_pheno)
+        report.phenotyped_without_genotypes = len(missing_geno)
+        if no_pheno:
+            report.notes.append(
+                f"{len(no_pheno)} genotyped samples have no phenotype row (kept, phenotypes NaN; "
+                f"e.g. {', '.join(no_pheno[:3])})"
+            )
+        if missing_geno:
+            report.notes.append(
+                f"{len(missing_geno)} phenotyped samples have no genotype row (not imported; "
+                f"e.g. {', '.join(missing_geno[:3])})"
+            )
+    report.imported = n_geno_imported + (len(values) if pheno_path is not None else 0)
+    rej.write(rejects)
+    data = GenotypeData(
+        genotypes=geno,
+        phenotypes=pheno,
+        phenotype_names=names,
+        loci=loci,
+        sample_ids=sample_ids,
+        attrs={"source": str(path), "phenotype_source": str(pheno_path or ""), "allele_coding": coding_note},
+    )
+    return data, report
+
+
+def _read_phenotypes(
+    path: Path, delimiter: str | None, report: GenotypeImportReport, rej: _Rejects
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    path, hline, header, lines = _open(path, "phenotype table")
+    delim = _sniff(header, delimiter)
+    head = [h.strip() for h in _split(header, delim)]
+    names = head[1:]
+    if not names:
+        raise UserError(f"{path}:{hline}: the header needs a sample-id column and at least one phenotype")
+    if any(not x for x in names):
+        raise UserError(f"{path}:{hline}: empty phenotype name in the header")
+    dup = next((m for m, c in Counter(names).items() if c > 1), None)
+    if dup is not None:
+        raise UserError(f"{path}:{hline}: phenotype {dup!r} appears twice in the header")
+    values: dict[str, np.ndarray] = {}
+    lines_of: dict[str, int] = {}
+    for lineno, line in lines:
+        report.rows += 1
+        f = [x.strip() for x in _split(line, delim)]
+        if len(f) != len(head):
+            rej.add(path, lineno, "field_count", f"expected {len(head)} fields (as in the header), got {len(f)}", line)
+            continue
+        sid = f[0]
+        if not sid:
+            rej.add(path, lineno, "empty_sample", "empty sample id", line)
+            continue
+        if sid in values:
+            rej.add(path, lineno, "duplicate_sample", f"sample {sid!r} already on line {lines_of[sid]}", line)
+            continue
+        row = np.empty(len(names), dtype=np.float32)
+        bad = None
+        for j, raw in enumerate(f[1:]):
+            if raw.lower() in MISSING_VALUES:
+                row[j] = np.nan
+                continue
+            try:
+                v = float(raw)
+            except ValueError:
+                v = math.nan
+                bad = f"phenotype {names[j]!r}: {raw!r} is not a number (use NA or leave empty)"
+            else:
+                if not math.isfinite(v):
+                    bad = f"phenotype {names[j]!r}: {raw!r} is not a finite number"
+            if bad:
+                break
+            row[j] = v
+        if bad:
+            rej.add(path, lineno, "bad_value", bad, line)
+            continue
+        values[sid] = row
+        lines_of[sid] = lineno
+    return names, values
+
+
+# ---------------------------------------------------------------------- npy splits
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise UserError(f"{path}: not a readable .npy array ({e})") from None
+
+
+def read_npy_splits(
+    directory: str | Path,
+    phenotype_names: list[str] | None = None,
+    marker_table: str | Path | None = None,
+) -> GenotypeData:
+    """Read ``geno_{train,val,test}.npy`` (±1, n × L) and ``pheno_{train,val,test}.npy`` (n × P).
+
+    The splits are kept as given (stored in ``split``); sample ids are ``train_000000``… Phenotype names
+    default to :data:`NPY_PHENOTYPE_NAMES` when P == 18, else ``pheno_0``… Loci are ``locus_0000``…
+    with unknown positions, or the rows of ``marker_table`` in order (it must have L rows). ``train``
+    is required; ``val`` and ``test`` may be absent (both files of a split, never one of the two).
+    Genotype values other than -1 and +1 are an error.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"{directory} is not a directory (expected geno_train.npy, pheno_train.npy, …)")
+    parts = []
+    for name in SPLITS:
+        gp, pp = directory / f"geno_{name}.npy", directory / f"pheno_{name}.npy"
+        if not gp.exists() and not pp.exists() and name != "train":
+            continue
+        missing = [p.name for p in (gp, pp) if not p.exists()]
+        if missing:
+            raise UserError(f"{directory}: missing {', '.join(missing)} (the {name} split needs geno_ and pheno_)")
+        g, p = _load_npy(gp), _load_npy(pp)
+        if g.ndim != 2:
+            raise UserError(f"{gp}: expected a 2-d array (samples × loci), got shape {g.shape}")
+        if p.ndim == 1:
+            p = p.reshape(-1, 1)
+        if p.ndim != 2 or p.shape[0] != g.shape[0]:
+            raise UserError(f"{pp}: shape {p.shape} does not match {gp.name} with {g.shape[0]} samples")
+        parts.append((name, gp, g, pp, p))
+    L, P = parts[0][2].shape[1], parts[0][4].shape[1]
+    for _name, gp, g, pp, p in parts[1:]:
+        if g.shape[1] != L:
+            raise UserError(f"{gp}: {g.shape[1]} loci, but {parts[0][1].name} has {L}")
+        if p.shape[1] != P:
+            raise UserError(f"{pp}: {p.shape[1]} phenotypes, but {parts[0][3].name} has {P}")
+    n = sum(g.shape[0] for _, _, g, _, _ in parts)
+    geno = np.empty((n, L), dtype=np.int8)
+    pheno = np.empty((n, P), dtype=np.float32)
+    split = np.empty(n, dtype=np.int8)
+    ids: list[str] = []
+    at = 0
+    for name, gp, g, _pp, p in parts:
+        m = g.shape[0]
+        for s in range(0, m, 8192):
+            block = np.asarray(g[s : s + 8192])
+            bad = np.abs(block) != 1
+            if bad.any():
+                r, c = np.argwhere(bad)[0]
+                raise UserError(f"{gp}: genotypes must be -1 or +1; found {block[r, c]!r} at row {s + r}, column {c}")
+            geno[at + s : at + s + len(block)] = block
+        pheno[at : at + m] = np.asarray(p, dtype=np.float32)
+        split[at : at + m] = SPLITS[name]
+        width = max(6, len(str(m - 1)))
+        ids.extend(f"{name}_{i:0{width}d}" for i in range(m))
+        at += m
+    if np.isinf(pheno).any():
+        raise UserError(f"{directory}: phenotypes contain infinite values")
+    if phenotype_names is None:
+        phenotype_names = (
+            list(NPY_PHENOTYPE_NAMES) if P == len(NPY_PHENOTYPE_NAMES) else [f"pheno_{j}" for j in range(P)]
+        )
+    elif len(phenotype_names) != P:
+        raise UserError(f"{len(phenotype_names)} phenotype names given for {P} phenotype columns")
+    if marker_table is not None:
+        table = read_marker_table(marker_table)
+        if len(table) != L:
+            raise UserError(f"{marker_table}: {len(table)} markers, but the genotypes have {L} loci")
+        loci = _loci_for(list(table), table, None)
+    else:
+        loci = Loci.unknown(L)
+    return GenotypeData(
+        genotypes=geno,
+        phenotypes=pheno,
+        phenotype_names=list(phenotype_names),
+        loci=loci,
+        sample_ids=ids,
+        split=split,
+        attrs={"source": str(directory), "layout": "npy-splits", "splits": ",".join(p[0] for p in parts)},
+    )
+
+
+__all__ = [
+    "ALLELE_CODINGS",
+    "GenotypeImportReport",
+    "NPY_PHENOTYPE_NAMES",
+    "parse_chromosome",
+    "parse_marker_name",
+    "read_genotype_table",
+    "read_marker_table",
+    "read_npy_splits",
+]
