@@ -371,6 +371,25 @@ def test_simulator_arguments_and_scaling():
     assert len(d.truth["pairs"]) == 45 and d.truth["V_E"][0] == pytest.approx(0, abs=1e-9)
 
 
+# ---------------------------------------------------------------------- public sources
+def test_manifest_genotype_entries():
+    import importlib
+
+    from cellformer.data.importers.fetch import load_manifest
+
+    m = load_manifest()
+    names = {"rijal2025-100k-segregants-npy", "nguyenba2022-bbq-segregants", "bloom2013-segregants"}
+    assert names <= set(m)
+    for name in names:
+        e = m[name]
+        assert e.url.startswith("https://") and e.licence and e.citation and e.notes
+        assert e.sha256 is None and e.size is None  # never pinned without a verified download
+        module, func = e.importer.rsplit(".", 1)
+        assert callable(getattr(importlib.import_module(module), func))
+    assert m["rijal2025-100k-segregants-npy"].format == "npy-splits"
+    assert "nature11867" in m["bloom2013-segregants"].citation
+
+
 # ---------------------------------------------------------------------- CLI
 def test_cli_simulate_genotypes(tmp_path, capsys):
     out = tmp_path / "sim.h5"
