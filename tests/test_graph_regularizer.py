@@ -62,9 +62,9 @@ def test_trained_head_aligns_with_graph_and_free_head_does_not():
 def test_graph_term_is_linear_in_lambda():
     m1 = toy_model({"cliques": {"layer": 1, "head": 1, "weight": 1.0, "rows": 17}})
     m3 = toy_model({"cliques": {"layer": 1, "head": 1, "weight": 3.0, "rows": 17}})
-    torch.manual_seed(5)
+    m1.generator.manual_seed(5)
     l1 = graph_kl(m1, "cliques").item()
-    torch.manual_seed(5)
+    m3.generator.manual_seed(5)
     l3 = graph_kl(m3, "cliques").item()
     assert l1 > 0
     assert abs(l3 / l1 - 3.0) < 1e-5
@@ -102,24 +102,35 @@ def test_sampled_kl_matches_dense_reference(weighted, layer, head):
     with torch.no_grad():
         full = graph_kl(model, "cliques", rows=model.valid_rows("cliques"))
         assert torch.allclose(full, dense_graph_kl(model, "cliques"), atol=1e-5)
-        torch.manual_seed(3)
+        model.generator.manual_seed(3)
         sampled = graph_kl(model, "cliques")
-        torch.manual_seed(3)
+        model.generator.manual_seed(3)
         rows = model.sample_graph_rows("cliques")
         assert rows.numel() == 13 and rows.unique().numel() == 13
         assert torch.allclose(sampled, dense_graph_kl(model, "cliques", rows=rows), atol=1e-5)
         # the forward pass reports the same term (eval mode: no dropout, sampling right after encoding)
         batch = collate_perturbations([(0, np.array([1, 2]), np.array([1, 1]), np.zeros(1, np.float32))], N)
-        torch.manual_seed(3)
+        model.generator.manual_seed(3)
         out = model(batch)
         assert torch.allclose(out.losses["graph/cliques"], sampled, atol=1e-6)
 
 
-def test_rows_are_reproducible_and_uniform():
+def test_row_sampling_leaves_the_global_rng_alone():
+    """Rows come from the model's own generator, so arms with and without a graph term see the same batches."""
     model = toy_model({"cliques": {"layer": 0, "head": 0, "rows": 10}})
     torch.manual_seed(0)
-    a = model.sample_graph_rows("cliques")
+    expected = torch.rand(3)
     torch.manual_seed(0)
+    model.sample_graph_rows("cliques")
+    graph_kl(model, "cliques")
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_rows_are_reproducible_and_uniform():
+    model = toy_model({"cliques": {"layer": 0, "head": 0, "rows": 10}})
+    model.generator.manual_seed(0)
+    a = model.sample_graph_rows("cliques")
+    model.generator.manual_seed(0)
     b = model.sample_graph_rows("cliques")
     assert torch.equal(a, b)
     counts = torch.zeros(N)
@@ -159,10 +170,10 @@ def test_masked_rows_never_enter():
     mixed = collate_perturbations([(0, np.array([12]), np.array([1]), y), (1, np.array([N]), np.array([4]), y)], N, het)
     assert len(mixed.variants) == 2
     with torch.no_grad():
-        torch.manual_seed(11)
+        model.generator.manual_seed(11)
         l_plain = model(plain).losses["graph/cliques"]
         rows_plain = model.sample_graph_rows("cliques")
-        torch.manual_seed(11)
+        model.generator.manual_seed(11)
         l_mixed = model(mixed).losses["graph/cliques"]
         rows_mixed = model.sample_graph_rows("cliques")
     assert torch.equal(rows_plain, rows_mixed)
@@ -170,14 +181,20 @@ def test_masked_rows_never_enter():
 
 
 def test_bad_graph_reg_raises_at_construction():
-    with pytest.raises(ValueError, match="available graphs: cliques"):
+    with pytest.raises(ValueError, match="unknown graph in graph_reg 'string'; available: cliques"):
         toy_model({"string": {"layer": 0, "head": 0}})
     with pytest.raises(ValueError, match=r"valid heads are 0\.\.1"):
         toy_model({"cliques": {"layer": 0, "head": 2}})
     with pytest.raises(ValueError, match=r"valid layers are 0\.\.1"):
         toy_model({"cliques": {"layer": 5, "head": 0}})
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="unknown key 'lambda'"):
         toy_model({"cliques": {"layer": 0, "head": 0, "lambda": 1.0}})
+    with pytest.raises(ValueError, match="unknown key 'wieght'.*did you mean weight"):
+        toy_model({"cliques": {"layer": 0, "head": 0, "wieght": 1.0}})
+    with pytest.raises(ValueError, match="weight must be a finite number"):
+        toy_model({"cliques": {"layer": 0, "head": 0, "weight": float("nan")}})
+    with pytest.raises(ValueError, match="weight must be a finite number"):
+        toy_model({"cliques": {"layer": 0, "head": 0, "weight": -1.0}})
 
 
 def test_graph_buffers_follow_the_model_and_hparams_are_json():
@@ -187,7 +204,7 @@ def test_graph_buffers_follow_the_model_and_hparams_are_json():
     names = {n for n, _ in model.named_buffers()}
     assert {"graph0_crow", "graph0_col", "graph0_val", "graph0_valid", "features", "known"} <= names
     hp = json.loads(json.dumps(model.hparams_dict))
-    assert hp["graph_reg"] == {"cliques": {"layer": 0, "head": 0, "weight": 0.5, "rows": 8}}
+    assert hp["graph_reg"] == {"cliques": {"layer": 0, "head": 0, "weight": 0.5, "rows": 8, "transpose": False}}
     # a rebuilt model from the hyper-parameters loads the state dict
     rebuilt = CellFormer(toy_genome(), GraphSet([clique_graph()]), ["fitness"], **hp)
     rebuilt.load_state_dict(model.state_dict())

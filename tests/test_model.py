@@ -91,7 +91,10 @@ def test_head_equals_naive_dense_type_reference(pool):
             q = head.pool(H[members], torch.zeros(len(genes), dtype=torch.long), 1)[0]
             beta = torch.softmax(head.score(q) @ H.T / model.d_model**0.5 + head.type_score_bias[m], dim=-1)
             z = beta @ head.phi(H, m)
-            ref = head.readout(torch.cat([cls, z]))
+            phi_s = head.phi(H[members], torch.as_tensor(types))  # naive pairwise mean over i < j
+            pairs = [phi_s[i] * phi_s[j] for i in range(len(genes)) for j in range(i + 1, len(genes))]
+            pair = torch.stack(pairs).mean(0) if pairs else torch.zeros_like(z)
+            ref = head.readout(torch.cat([cls, z, pair])) + head.additive(phi_s).sum(0)
             assert torch.allclose(pred[b], ref, atol=1e-5), (b, pred[b], ref)
 
 

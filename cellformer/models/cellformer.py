@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -33,7 +34,8 @@ from torch import nn
 from torch_geometric.utils import scatter
 from torch_geometric.utils import softmax as segment_softmax
 
-from cellformer.data.dataset import NUM_PERTURBATION_TYPES, PerturbationBatch, PerturbationType
+from cellformer.data.dataset import NUM_PERTURBATION_TYPES, PerturbationBatch, PerturbationData, PerturbationType
+from cellformer.errors import UserError, unknown_name_error
 from cellformer.genome.genome import Genome
 from cellformer.graphs.graph import GraphSet
 from cellformer.models.base import ModelOutput, PhenotypeModel
@@ -162,10 +164,20 @@ class PerturbationHead(nn.Module):
     the second touches only the set members, so the cost is O(B·N·d) with no per-sample (N, ·) tensor.
     """
 
-    def __init__(self, d_model: int, n_phenotypes: int, pool: str, dropout: float, num_genes: int = 1):
+    def __init__(
+        self,
+        d_model: int,
+        n_phenotypes: int,
+        pool: str,
+        dropout: float,
+        num_genes: int = 1,
+        pair_features: bool = True,
+        additive_path: bool = True,
+    ):
         super().__init__()
         if pool not in POOLS:
-            raise ValueError(f"unknown pool {pool!r}; choose one of {', '.join(POOLS)}")
+            raise UserError(f"unknown pool {pool!r}; choose one of {', '.join(POOLS)}")
+        self.pair_features, self.additive_path = pair_features, additive_path
         self.pool_kind, self.d_model = pool, d_model
         if pool == "attention":  # one learned seed vector attending over the set (HyperSAGNN-like)
             self.pool_seed = nn.Parameter(torch.randn(d_model) * 0.02)
@@ -183,7 +195,10 @@ class PerturbationHead(nn.Module):
         self.phi_h = nn.Linear(d_model, d_model)
         self.phi_m = nn.Linear(d_model, d_model, bias=False)
         self.phi_out = nn.Linear(d_model, d_model)
-        self.readout = MLP(2 * d_model, d_model, n_phenotypes, 0.0)
+        # readout input: [h_CLS ‖ z_S] (+ the pairwise-interaction summary of the members when pair_features)
+        self.readout = MLP((3 if pair_features else 2) * d_model, d_model, n_phenotypes, 0.0)
+        if additive_path:  # Σ_{i∈S} a(φ(h_i, m_i)): a per-gene effect read from each member's embedding
+            self.additive = nn.Linear(d_model, n_phenotypes)
         self.drop = nn.Dropout(dropout)
 
     def pool(self, h_members: torch.Tensor, batch: torch.Tensor, num_samples: int) -> torch.Tensor:
@@ -228,10 +243,29 @@ class PerturbationHead(nn.Module):
             if not torch.is_grad_enabled():  # a cached encoding (predictor, screen) reuses it across batches
                 enc.phi_present = phi_present
         z = matmul_by_variant(beta.to(phi_present.dtype), phi_present, variant)  # (B, d)
-        correction = self.phi(h_members, types) - phi_present[member_variant, gene_index]  # (nnz, d)
+        phi_members = self.phi(h_members, types)  # φ(h_i, m_i) of the members (nnz, d)
+        correction = phi_members - phi_present[member_variant, gene_index]
         z = z.index_add(0, batch, (beta[batch, gene_index][:, None] * correction).to(z.dtype))
-        pred = self.readout(torch.cat([enc.cls[variant], self.drop(z)], dim=-1))
+        parts = [enc.cls[variant], self.drop(z)]
+        if self.pair_features:
+            parts.append(self.drop(self.pairwise(phi_members, batch, B)))
+        pred = self.readout(torch.cat(parts, dim=-1))
+        if self.additive_path:
+            pred = pred + scatter(self.additive(phi_members), batch, dim=0, dim_size=B, reduce="sum")
         return pred, (beta if return_attention else None)
+
+    @staticmethod
+    def pairwise(x: torch.Tensor, batch: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """Mean over member pairs of ``x_i ⊙ x_j`` (i < j): ``((Σx)² − Σx²) / (|S|(|S|−1))``, in O(nnz·d).
+
+        A second-order summary of the set (as in a factorisation machine): it tells the readout how the
+        members relate to each other (e.g. whether they share a module), which a pooled mean blurs.
+        Singletons give zeros.
+        """
+        s1 = scatter(x, batch, dim=0, dim_size=num_samples, reduce="sum")
+        s2 = scatter(x * x, batch, dim=0, dim_size=num_samples, reduce="sum")
+        n = torch.bincount(batch, minlength=num_samples).to(x.dtype)[:, None]
+        return (s1 * s1 - s2) / (n * (n - 1)).clamp_min(1.0)
 
 
 # ---------------------------------------------------------------------- the model
@@ -247,8 +281,23 @@ class CellFormer(PhenotypeModel):
         attn_dropout: dropout on attention probabilities (default 0: on CPU any value > 0 makes SDPA
             fall back to the math kernel, which materialises the (N+1)² maps -- ~25x slower at N=6410).
         pool: how the perturbation set is pooled into ``q_S``: ``mean``, ``sum`` or ``attention``.
-        graph_reg: graph name -> ``{"layer", "head", "weight" (λ, default 1), "rows" (default 256,
-            None = all valid rows)}``.
+        graph_reg: graph name -> ``{"layer" (int or list), "head", "weight" (λ, default 1), "rows"
+            (default 256, None = all valid rows), "transpose" (default false)}``.
+        graph_inputs: graphs whose neighbourhoods build part of every token (None = all graphs of the
+            context, [] = none): ``Σ_k Σ_{h ≤ input_hops} W_kh (Ã_k^h E')_i``, the identities ``E'`` of the
+            gene's neighbours averaged over ``h`` hops, plus a structural encoding (``structural_dim``
+            leading eigenvectors of each graph's normalised adjacency, fixed) through one linear map. A gene
+            never seen in training is thus represented through its graph context.
+        input_hops: hops of neighbour averaging for ``graph_inputs`` (0 = none).
+        structural_dim: eigenvectors per input graph in the structural encoding (0 = none).
+        identity_dropout: share of gene identities replaced by the ``unknown_gene`` vector at each training
+            step, so the model learns to represent a gene through its graph context.
+        mask_unseen: genes that occur in no training record (set by :meth:`fit_records`) always use the
+            ``unknown_gene`` identity: their own identity vector was never trained.
+        pair_features: add the pairwise-interaction summary of the members to the readout.
+        additive_path: add a per-gene effect ``Σ_{i∈S} a(φ(h_i, m_i))`` to the prediction.
+        row_seed: seed of the model's own generator for graph rows and identity dropout (so they never
+            shift the global RNG stream that orders batches).
     """
 
     def __init__(
@@ -264,11 +313,27 @@ class CellFormer(PhenotypeModel):
         pool: str = "mean",
         graph_reg: dict[str, dict] | None = None,
         attn_dropout: float = 0.0,
+        graph_inputs: list[str] | None = None,
+        input_hops: int = 2,
+        structural_dim: int = 16,
+        identity_dropout: float = 0.1,
+        mask_unseen: bool = True,
+        pair_features: bool = True,
+        additive_path: bool = True,
+        row_seed: int = 0,
     ):
         super().__init__()
         self.splits_encoder = True
         if d_model % n_heads:
-            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+            raise UserError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        if not 0 <= identity_dropout < 1:
+            raise UserError(f"identity_dropout must be in [0, 1), got {identity_dropout}")
+        if input_hops < 0 or structural_dim < 0:
+            raise UserError(f"input_hops ({input_hops}) and structural_dim ({structural_dim}) must be >= 0")
+        graph_inputs = list(graphs.names) if graph_inputs is None else list(graph_inputs)
+        for name in graph_inputs:
+            if name not in graphs:
+                raise unknown_name_error("graph in graph_inputs", name, graphs.names)
         self.phenotype_names = list(phenotype_names)
         self.graph_reg: dict[str, GraphRegConfig] = parse_graph_reg(graph_reg, list(graphs.names), n_layers, n_heads)
         self.hparams_dict = {
@@ -280,7 +345,18 @@ class CellFormer(PhenotypeModel):
             "pool": pool,
             "graph_reg": {k: c.to_dict() for k, c in self.graph_reg.items()},
             "attn_dropout": attn_dropout,
+            "graph_inputs": graph_inputs,
+            "input_hops": input_hops,
+            "structural_dim": structural_dim,
+            "identity_dropout": identity_dropout,
+            "mask_unseen": mask_unseen,
+            "pair_features": pair_features,
+            "additive_path": additive_path,
+            "row_seed": row_seed,
         }
+        self.graph_inputs, self.input_hops = graph_inputs, input_hops
+        self.identity_dropout, self.mask_unseen = identity_dropout, mask_unseen
+        self.generator = torch.Generator().manual_seed(row_seed)
         self.d_model, self.n_layers, self.n_heads, self.d_head = d_model, n_layers, n_heads, d_model // n_heads
         self.num_genes, self.num_features = genome.features.shape
         self.genome_hash = genome.hash
@@ -289,9 +365,16 @@ class CellFormer(PhenotypeModel):
 
         self.register_buffer("features", torch.from_numpy(genome.features.copy()))
         self.register_buffer("known", torch.from_numpy(~self.added_mask_np))
-        for k, name in enumerate(self.graph_reg):  # graph name -> CSR Ã + valid rows, moved by .to(device)
-            for part, t in normalized_adjacency(graphs[name], self.added_mask_np).items():
+        # genes that occur in training records (all until fit_records says otherwise); saved with the weights
+        self.register_buffer("seen", torch.ones(self.num_genes, dtype=torch.bool))
+        for k, (name, cfg) in enumerate(self.graph_reg.items()):  # CSR Ã + valid rows, moved by .to(device)
+            for part, t in normalized_adjacency(graphs[name], self.added_mask_np, cfg.transpose).items():
                 self.register_buffer(f"graph{k}_{part}", t, persistent=False)
+        for k, name in enumerate(graph_inputs):  # symmetric mean-over-neighbours operator per input graph
+            for part, t in neighbour_mean(graphs[name], self.added_mask_np).items():
+                self.register_buffer(f"input{k}_{part}", t, persistent=False)
+        struct = structural_encoding([graphs[n] for n in graph_inputs], self.num_genes, structural_dim)
+        self.register_buffer("structure", torch.from_numpy(struct))  # fixed features, saved with the weights
         self._graph_slot = {name: k for k, name in enumerate(self.graph_reg)}
         self._graph_cache: dict[str, dict[str, torch.Tensor]] = {}
         self._frozen_encoding: EncoderOutput | None = None
@@ -300,6 +383,9 @@ class CellFormer(PhenotypeModel):
         # encoder
         self.feature_proj = nn.Linear(self.num_features, d_model)
         self.gene_embed = nn.Embedding(self.num_genes, d_model)
+        n_hop = len(graph_inputs) * input_hops
+        self.hop_proj = nn.ModuleList([nn.Linear(d_model, d_model, bias=False) for _ in range(n_hop)])
+        self.structure_proj = nn.Linear(struct.shape[1], d_model) if struct.shape[1] else None
         self.unknown_gene = nn.Parameter(torch.zeros(d_model))
         self.cls_token = nn.Parameter(torch.zeros(d_model))
         self.embed_drop = nn.Dropout(dropout)
@@ -308,7 +394,9 @@ class CellFormer(PhenotypeModel):
         )
         self.norm_f = nn.LayerNorm(d_model)
         # perturbation head
-        self.head = PerturbationHead(d_model, len(self.phenotype_names), pool, dropout, self.num_genes)
+        self.head = PerturbationHead(
+            d_model, len(self.phenotype_names), pool, dropout, self.num_genes, pair_features, additive_path
+        )
         self.apply(self._init_weights)
         # Gene identities start at unit scale (nn.Embedding's default), not 0.02: with all-zero sequence
         # features the identity is the only per-gene signal, and at 0.02 the shared residual updates swamp it
@@ -334,8 +422,8 @@ class CellFormer(PhenotypeModel):
         ``added_features[v]`` are the (n_v, F) features of the genes variant ``v`` appends to the base
         genome (None or empty for none); an empty list means the wild type alone.
         """
-        identity = torch.where(self.known[:, None], self.gene_embed.weight, self.unknown_gene)
-        base = self.feature_proj(self.features) + identity  # (N, d)
+        identity = self.identities()
+        base = self.feature_proj(self.features) + identity + self.graph_context(identity)  # (N, d)
         cls = self.cls_token.to(base.dtype)[None]
         added = [a for a in added_features] or [None]
         n_added = [0 if a is None or a.numel() == 0 else a.shape[0] for a in added]
@@ -357,6 +445,40 @@ class CellFormer(PhenotypeModel):
         pad = pos[None, :] >= torch.tensor(n_added, device=x.device)[:, None]  # (V, width)
         key_mask = torch.cat([torch.ones(len(added), 1 + self.num_genes, dtype=torch.bool, device=x.device), ~pad], 1)
         return x, key_mask
+
+    def identities(self) -> torch.Tensor:
+        """(N, d) identity part of every gene token: ``gene_embed`` for known genes seen in training, the
+        ``unknown_gene`` vector for added genes, unseen genes (``mask_unseen``) and, while training, a random
+        ``identity_dropout`` share of genes."""
+        use = self.known & self.seen if self.mask_unseen else self.known.clone()
+        if self.training and self.identity_dropout > 0:
+            keep = torch.rand(self.num_genes, generator=self.generator) >= self.identity_dropout
+            use = use & keep.to(use.device)
+        return torch.where(use[:, None], self.gene_embed.weight, self.unknown_gene)
+
+    def graph_context(self, identity: torch.Tensor) -> torch.Tensor:
+        """(N, d) graph-derived token part: projected neighbour means of identities over 1..hops, plus the
+        projected structural encoding (zeros when no input graphs are configured)."""
+        out = identity.new_zeros(identity.shape)
+        if self.structure_proj is not None:
+            out = out + self.structure_proj(self.structure)
+        for k in range(len(self.graph_inputs)):
+            row, col, val = (getattr(self, f"input{k}_{p}") for p in ("row", "col", "val"))
+            x = identity
+            for h in range(self.input_hops):
+                x = torch.zeros_like(x).index_add(0, row, val[:, None] * x[col])  # Ã x (mean over neighbours)
+                out = out + self.hop_proj[k * self.input_hops + h](x)
+        return out
+
+    def fit_records(self, data: PerturbationData, train_rows: np.ndarray) -> None:
+        """Mark the genes that occur in the training records (the others get the ``unknown_gene`` identity)."""
+        in_train = np.zeros(len(data), dtype=bool)
+        in_train[np.asarray(train_rows, dtype=np.int64)] = True
+        genes = data.gene_index[np.repeat(in_train, np.diff(data.offsets))]
+        seen = np.zeros(self.num_genes, dtype=bool)
+        genes = genes[(genes >= 0) & (genes < self.num_genes)]
+        seen[genes] = True
+        self.seen.copy_(torch.from_numpy(seen))
 
     def encode(self, added_features: Sequence[torch.Tensor | None] = ()) -> EncoderOutput:
         """Run the transformer once over every variant (variant 0 first); see :class:`EncoderOutput`."""
@@ -445,7 +567,7 @@ class CellFormer(PhenotypeModel):
             k = self._graph_slot[name]
             return {p: getattr(self, f"graph{k}_{p}") for p in ("crow", "col", "val", "valid")}
         if name not in self.graphs:
-            raise ValueError(f"unknown graph {name!r}; available graphs: {', '.join(self.graphs.names)}")
+            raise unknown_name_error("graph", name, self.graphs.names)
         device = self.features.device
         cached = self._graph_cache.get(name)
         if cached is None or cached["crow"].device != device:
@@ -458,10 +580,11 @@ class CellFormer(PhenotypeModel):
         return self.graph_tensors(name)["valid"]
 
     def sample_graph_rows(self, name: str, n: int | None = None) -> torch.Tensor:
-        """Rows drawn uniformly without replacement (global RNG); ``n`` defaults to the configured rows."""
+        """Rows drawn uniformly without replacement (the model's own generator); ``n`` defaults to the
+        configured rows."""
         if n is None:
             n = self.graph_reg[name].rows if name in self.graph_reg else None
-        return sample_rows(self.valid_rows(name), n)
+        return sample_rows(self.valid_rows(name), n, self.generator)
 
     def _resolve_rows(self, name: str, rows: int | torch.Tensor | Sequence[int] | None) -> torch.Tensor:
         if rows is None or isinstance(rows, int):
@@ -491,8 +614,11 @@ class CellFormer(PhenotypeModel):
         rows = self._resolve_rows(name, rows)
         if rows.numel() == 0:
             return enc.cls.new_zeros(()).float()
-        log_alpha = head_log_attention(enc.layer_inputs[cfg.layer], self.blocks[cfg.layer].attn, cfg.head, rows)
-        return cfg.weight * row_kl(log_alpha, rows, g["crow"], g["col"], g["val"]).mean()
+        kl = []
+        for layer in cfg.layers:
+            log_alpha = head_log_attention(enc.layer_inputs[layer], self.blocks[layer].attn, cfg.head, rows)
+            kl.append(row_kl(log_alpha, rows, g["crow"], g["col"], g["val"]).mean())
+        return cfg.weight * torch.stack(kl).mean()
 
     # ------------------------------------------------------------------ monitoring / explanation
     def attention_rows(
@@ -564,3 +690,59 @@ def oversmoothing(H: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Te
         m = mask.to(u.dtype)[..., None]
         mean = (u * m).sum(-2) / m.sum(-2).clamp_min(1.0)
     return (1.0 - (mean * mean).sum(-1)).clamp(0.0, 1.0)
+
+
+def neighbour_mean(graph, added: np.ndarray) -> dict[str, torch.Tensor]:
+    """COO (row, col, val) of the row-normalised symmetric adjacency ``D⁻¹(A + Aᵀ)`` without added genes.
+
+    ``(Ã x)_i`` is the weighted mean of ``x`` over the neighbours of gene ``i`` (zero for genes without
+    edges); directed graphs are read as undirected for token inputs.
+    """
+    n = len(added)
+    adj = graph.adj if graph.num_nodes == n else graph.with_num_nodes(n).adj
+    adj = sp.csr_matrix(adj + adj.T) if graph.directed else sp.csr_matrix(adj)
+    keep = sp.diags((~np.asarray(added, dtype=bool)).astype(np.float32))
+    adj = sp.coo_matrix(keep @ adj @ keep)
+    deg = np.asarray(adj.sum(axis=1)).ravel()
+    inv = np.divide(1.0, deg, out=np.zeros_like(deg), where=deg > 0)
+    return {
+        "row": torch.from_numpy(adj.row.astype(np.int64)),
+        "col": torch.from_numpy(adj.col.astype(np.int64)),
+        "val": torch.from_numpy((adj.data * inv[adj.row]).astype(np.float32)),
+    }
+
+
+def structural_encoding(graphs: Sequence, num_genes: int, dim: int) -> np.ndarray:
+    """(N, dim · len(graphs)) leading eigenvectors of each graph's ``D^-1/2 (A + Aᵀ) D^-1/2``.
+
+    A fixed, deterministic positional encoding of every gene in each graph (communities show up as blocks
+    of similar rows), scaled to unit mean square per column; signs are fixed so the largest entry is
+    positive. Genes without edges get zeros. Computed once when the model is built and saved with it.
+    """
+    from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+
+    cols = []
+    for graph in graphs if dim > 0 else []:
+        adj = graph.adj if graph.num_nodes == num_genes else graph.with_num_nodes(num_genes).adj
+        adj = sp.csr_matrix(adj + adj.T).astype(np.float64)
+        deg = np.asarray(adj.sum(axis=1)).ravel()
+        inv = np.divide(1.0, np.sqrt(deg), out=np.zeros_like(deg), where=deg > 0)
+        m = sp.csr_matrix(sp.diags(inv) @ adj @ sp.diags(inv))
+        k = min(dim, max(num_genes - 2, 1))
+        if num_genes <= 2000 or k >= num_genes - 1:
+            vals, vecs = np.linalg.eigh(m.toarray())
+            vecs = vecs[:, np.argsort(vals)[::-1][:k]]
+        else:
+            try:
+                vals, vecs = eigsh(m, k=k, which="LA", v0=np.full(num_genes, 1.0 / np.sqrt(num_genes)), tol=1e-6)
+            except ArpackNoConvergence as exc:  # keep the converged ones
+                vals, vecs = exc.eigenvalues, exc.eigenvectors
+            vecs = vecs[:, np.argsort(vals)[::-1]]
+        vecs = vecs * np.sqrt(num_genes)
+        flip = np.sign(vecs[np.abs(vecs).argmax(axis=0), np.arange(vecs.shape[1])])
+        vecs = vecs * np.where(flip == 0, 1.0, flip)
+        vecs[deg == 0] = 0.0
+        if vecs.shape[1] < dim:
+            vecs = np.pad(vecs, ((0, 0), (0, dim - vecs.shape[1])))
+        cols.append(vecs.astype(np.float32))
+    return np.concatenate(cols, axis=1) if cols else np.zeros((num_genes, 0), np.float32)

@@ -33,67 +33,100 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from cellformer.errors import UserError, did_you_mean, unknown_name_error
 from cellformer.graphs.graph import GeneGraph
 
 if TYPE_CHECKING:  # pragma: no cover
     from cellformer.models.cellformer import CellFormer
 
-REG_KEYS = {"layer", "head", "weight", "rows"}
+REG_KEYS = {"layer", "head", "weight", "rows", "transpose"}
 
 
 @dataclass(frozen=True)
 class GraphRegConfig:
-    """Which head a graph regularises, its weight λ and the rows sampled per step (None = all)."""
+    """Which head(s) a graph regularises, its weight λ and the rows sampled per step (None = all).
 
-    layer: int
+    ``layers`` lists the layers whose head ``head`` is tied (the term is the mean over them); ``transpose``
+    ties the head to ``Aᵀ`` (for a directed graph: targets attend to their regulators rather than
+    regulators to their targets).
+    """
+
+    layers: tuple[int, ...]
     head: int
     weight: float = 1.0
     rows: int | None = 256
+    transpose: bool = False
+
+    @property
+    def layer(self) -> int:
+        """The first tied layer (the one reports and monitoring show)."""
+        return self.layers[0]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["layer"] = self.layers[0] if len(self.layers) == 1 else list(self.layers)
+        del d["layers"]
+        return d
 
 
 def parse_graph_reg(
     graph_reg: Mapping[str, Mapping] | None, graph_names: list[str], n_layers: int, n_heads: int
 ) -> dict[str, GraphRegConfig]:
-    """Validate the ``graph_reg`` hyper-parameter; errors name the valid choices."""
+    """Validate the ``graph_reg`` hyper-parameter; errors name the valid choices.
+
+    Each entry is ``graph: {layer: int | [int, ...], head: int, weight: λ ≥ 0, rows: int | None,
+    transpose: bool}``.
+    """
     out: dict[str, GraphRegConfig] = {}
     for name, spec in (graph_reg or {}).items():
         if name not in graph_names:
-            raise ValueError(f"graph_reg names unknown graph {name!r}; available graphs: {', '.join(graph_names)}")
+            raise unknown_name_error("graph in graph_reg", name, graph_names)
         if not isinstance(spec, Mapping):
-            raise ValueError(f"graph_reg[{name!r}] must be a dict with keys {sorted(REG_KEYS)}, got {spec!r}")
+            raise UserError(f"graph_reg[{name!r}] must be a dict with keys {sorted(REG_KEYS)}, got {spec!r}")
         extra = set(spec) - REG_KEYS
         if extra:
-            raise ValueError(f"graph_reg[{name!r}] has unknown keys {sorted(extra)}; allowed: {sorted(REG_KEYS)}")
+            key = sorted(extra)[0]
+            raise UserError(
+                f"graph_reg[{name!r}] has unknown key {key!r}; allowed: {sorted(REG_KEYS)}{did_you_mean(key, REG_KEYS)}"
+            )
         if "layer" not in spec or "head" not in spec:
-            raise ValueError(f"graph_reg[{name!r}] needs 'layer' and 'head'")
-        layer, head = int(spec["layer"]), int(spec["head"])
-        if not 0 <= layer < n_layers:
-            raise ValueError(f"graph_reg[{name!r}]: layer {layer} out of range; valid layers are 0..{n_layers - 1}")
+            raise UserError(f"graph_reg[{name!r}] needs 'layer' and 'head'")
+        raw_layers = spec["layer"] if isinstance(spec["layer"], list | tuple) else [spec["layer"]]
+        layers = tuple(int(x) for x in raw_layers)
+        if not layers or len(set(layers)) != len(layers):
+            raise UserError(f"graph_reg[{name!r}]: layer must be an int or a list of distinct ints: {spec['layer']}")
+        head = int(spec["head"])
+        for layer in layers:
+            if not 0 <= layer < n_layers:
+                raise UserError(f"graph_reg[{name!r}]: layer {layer} out of range; valid layers are 0..{n_layers - 1}")
         if not 0 <= head < n_heads:
-            raise ValueError(f"graph_reg[{name!r}]: head {head} out of range; valid heads are 0..{n_heads - 1}")
+            raise UserError(f"graph_reg[{name!r}]: head {head} out of range; valid heads are 0..{n_heads - 1}")
         weight = float(spec.get("weight", 1.0))
-        if weight < 0:
-            raise ValueError(f"graph_reg[{name!r}]: weight must be >= 0, got {weight}")
+        if not math.isfinite(weight) or weight < 0:
+            raise UserError(f"graph_reg[{name!r}]: weight must be a finite number >= 0, got {spec.get('weight')}")
         rows = spec.get("rows", 256)
         if rows is not None and int(rows) <= 0:
-            raise ValueError(f"graph_reg[{name!r}]: rows must be a positive int or None (all rows), got {rows}")
-        out[name] = GraphRegConfig(layer, head, weight, None if rows is None else int(rows))
+            raise UserError(f"graph_reg[{name!r}]: rows must be a positive int or None (all rows), got {rows}")
+        transpose = spec.get("transpose", False)
+        if not isinstance(transpose, bool):
+            raise UserError(f"graph_reg[{name!r}]: transpose must be true or false, got {transpose!r}")
+        out[name] = GraphRegConfig(layers, head, weight, None if rows is None else int(rows), transpose)
     return out
 
 
-def normalized_adjacency(graph: GeneGraph, added: np.ndarray) -> dict[str, torch.Tensor]:
+def normalized_adjacency(graph: GeneGraph, added: np.ndarray, transpose: bool = False) -> dict[str, torch.Tensor]:
     """CSR pieces of ``Ã`` (``crow``, ``col``, ``val``) and the sorted ``valid`` rows, as tensors.
 
     ``added`` is the (N,) mask of added genes of the genome; the graph may cover fewer genes (genes
     beyond it have no edges). Edges touching added genes are dropped before row-normalising.
+    ``transpose`` normalises ``Aᵀ`` instead (rows = targets of a directed graph).
     """
     n = len(added)
     if graph.num_nodes > n:
         raise ValueError(f"graph {graph.name!r} has {graph.num_nodes} nodes but the genome only {n} genes")
     adj = graph.adj if graph.num_nodes == n else graph.with_num_nodes(n).adj
+    if transpose:
+        adj = sp.csr_matrix(adj.T)
     if adj.nnz and adj.data.min() < 0:
         raise ValueError(f"graph {graph.name!r} has negative edge weights; Ã must be a distribution")
     keep = sp.diags((~np.asarray(added, dtype=bool)).astype(np.float32))
