@@ -127,6 +127,7 @@ def test_manifest_entries():
     assert {"string-v12-yeast-detailed", "biogrid-organism-tab3", "costanzo2016-pairwise"} <= set(m)
     assert {"kuzmin2018-data-s1", "kuzmin2020-tables"} <= set(m)
     formats = {"string-detailed", "biogrid-tab3", "costanzo2016", "kuzmin2018", "kuzmin2020"}
+    formats |= {"npy-splits", "genotype-table"}  # genotype sources
     for e in m.values():
         assert e.url.startswith("https://") and e.licence and e.citation and e.format in formats
         assert e.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", e.sha256)
