@@ -15,6 +15,7 @@ from cellformer.data import (
     gene_holdout_split,
     random_split,
 )
+from cellformer.errors import UserError
 
 D, K, O, A = (
     int(PerturbationType.DELETION),
@@ -68,7 +69,7 @@ def test_h5_round_trip(tmp_path):
     assert e.attrs == {"simulator": "x/1", "seed": "3"}
     assert np.array_equal(e.meta["module"], d.meta["module"]) and e.meta["names"].tolist() == ["a", "b"]
     assert e.meta["flag"].tolist() == [True, False]
-    with pytest.raises(FileNotFoundError, match="cellformer data simulate"):
+    with pytest.raises(UserError, match="cellformer data simulate"):
         PerturbationData.load(tmp_path / "missing.h5")
 
 

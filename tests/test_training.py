@@ -165,7 +165,7 @@ def test_resume_from_checkpoint_continues_the_step_count(tmp_path):
 def test_unknown_graph_or_phenotype_in_config_is_an_error(tmp_path):
     toy = toy_problem(tmp_path)
     graphs = [f"{k}={v}" for k, v in toy["graphs"].items()]
-    with pytest.raises(KeyError, match="unknown phenotype 'fitnes'.*did you mean fitness"):
+    with pytest.raises(ValueError, match="unknown phenotype 'fitnes'.*did you mean fitness"):
         PerturbationDataModule(str(toy["dataset"]), str(toy["genes"]), graphs, phenotypes=["fitnes"])
     dm = PerturbationDataModule(str(toy["dataset"]), str(toy["genes"]), graphs)
     from cellformer.training.module import PhenotypeModule

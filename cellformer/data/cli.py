@@ -14,12 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from cellformer.defaults import DEFAULT_DATASET, YEAST_GRAPHS
+from cellformer.errors import UserError
 
 PROG = "cellformer data"
-
-
-class UserError(Exception):
-    """An error caused by the command line or the input files (reported without a traceback)."""
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -384,10 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``cellformer data`` with ``argv``; returns the exit status (2 for user errors)."""
-    from cellformer.data.table import TableImportError
-    from cellformer.genome import UnknownGeneError
-    from cellformer.genome.sequence import SequenceError
+    """Run ``cellformer data`` with ``argv``; returns the exit status (2 for user errors, one line on stderr)."""
+    from cellformer.cli import run_reporting_errors
 
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -398,15 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0 if not argv else 2
-    try:
-        return int(args.func(args) or 0)
-    except (UserError, TableImportError, UnknownGeneError, SequenceError, FileNotFoundError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"{PROG} {args.command}: error: {msg}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as e:
-        print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    return run_reporting_errors(f"{PROG} {args.command}", lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cellformer.errors import UserError, unknown_name_error
+
 FORMAT_VERSION = 1
 SPLITS = {"train": 0, "val": 1, "test": 2}
 SPLIT_NAMES = {v: k for k, v in SPLITS.items()}
@@ -50,7 +52,7 @@ class PerturbationType(IntEnum):
         key = name.strip().upper()
         if key not in cls.__members__ or key == "PRESENT":
             allowed = ", ".join(m.name.lower() for m in cls if m is not cls.PRESENT)
-            raise ValueError(f"unknown perturbation type {name!r}; expected one of {allowed}")
+            raise UserError(f"unknown perturbation type {name!r}; expected one of {allowed}")
         return cls[key]
 
 
@@ -114,11 +116,7 @@ class PerturbationData:
     def phenotype_index(self, name: str) -> int:
         """Column of a named phenotype; unknown names raise with the available list."""
         if name not in self.phenotype_names:
-            import difflib
-
-            close = difflib.get_close_matches(name, self.phenotype_names, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise KeyError(f"unknown phenotype {name!r}; this dataset has {self.phenotype_names}{hint}")
+            raise unknown_name_error("phenotype", name, self.phenotype_names)
         return self.phenotype_names.index(name)
 
     def subset(self, rows: np.ndarray) -> PerturbationData:
@@ -158,10 +156,24 @@ class PerturbationData:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
-        """Write the HDF5 file (gzip-compressed arrays)."""
+        """Write the HDF5 file (gzip-compressed arrays) atomically.
+
+        The data goes to ``<path>.tmp`` first, which then replaces ``path``; a failed or interrupted write
+        removes it (a ``.tmp`` left by a killed process is overwritten by the next save). An existing
+        ``path`` is untouched until the new file is complete.
+        """
         path = Path(path)
+        check_output_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
+        try:
+            self._write(tmp)
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _write(self, tmp: Path) -> None:
         str_dt = h5py.string_dtype("utf-8")
         with h5py.File(tmp, "w") as f:
             f.attrs["format_version"] = FORMAT_VERSION
@@ -195,18 +207,36 @@ class PerturbationData:
                     m.create_dataset(k, data=v.astype(object), dtype=str_dt)
                 else:
                     m.create_dataset(k, data=v, **kw)
-        tmp.replace(path)
 
     @classmethod
     def load(cls, path: str | Path) -> PerturbationData:
-        """Read a file written by :meth:`save`."""
+        """Read a file written by :meth:`save`.
+
+        A missing, empty, truncated or foreign file raises a :class:`~cellformer.errors.UserError` naming it.
+        """
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"dataset {path} does not exist (build it with `cellformer data simulate`)")
+            raise UserError(f"dataset {path} does not exist (build it with `cellformer data simulate`)")
+        if path.is_dir():
+            raise UserError(f"dataset {path} is a directory, not an HDF5 file")
+        if path.stat().st_size == 0:
+            raise UserError(f"dataset {path} is empty")
+        if not h5py.is_hdf5(path):
+            raise UserError(f"dataset {path} is not an HDF5 file (expected a dataset written by cellformer)")
+        try:
+            return cls._read(path)
+        except UserError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"dataset {path} is truncated or not a cellformer dataset ({first})") from None
+
+    @classmethod
+    def _read(cls, path: Path) -> PerturbationData:
         with h5py.File(path, "r") as f:
             version = int(f.attrs.get("format_version", -1))
             if version != FORMAT_VERSION:
-                raise ValueError(f"{path}: format_version {version}, this cellformer reads {FORMAT_VERSION}")
+                raise UserError(f"dataset {path}: format_version {version}, this cellformer reads {FORMAT_VERSION}")
             r = f["records"]
             het = {}
             if "heterologous" in f:
@@ -236,6 +266,62 @@ class PerturbationData:
                 meta=meta,
                 attrs={k: str(v) for k, v in f.attrs.items() if k not in known},
             )
+
+
+@dataclass
+class SplitOverlap:
+    """Gene sets measured in both the train and the test split.
+
+    ``shared``: distinct gene sets (same genes, types and condition) with records in both splits;
+    ``conflicting``: those whose train and test values differ; ``examples``: a few of the latter.
+    """
+
+    shared: int = 0
+    conflicting: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for the import summary and ``data info`` (empty when nothing is shared)."""
+        if not self.shared:
+            return ""
+        text = f"train/test overlap: {self.shared} gene sets have records in both train and test"
+        if self.conflicting:
+            text += f", {self.conflicting} of them with different values (e.g. {'; '.join(self.examples)})"
+        return text
+
+
+def split_overlap(data: PerturbationData, max_examples: int = 3) -> SplitOverlap:
+    """The gene sets (with types and condition) that have records in both the train and the test split."""
+    out = SplitOverlap()
+    if data.split is None:
+        return out
+    rows: dict[tuple, list[list[int]]] = {}
+    for r in np.flatnonzero((data.split == SPLITS["train"]) | (data.split == SPLITS["test"])).tolist():
+        g, t, _ = data.record(r)
+        key = (tuple(sorted(zip(g.tolist(), t.tolist(), strict=True))), data.condition[r] if data.condition else "")
+        rows.setdefault(key, [[], []])[0 if data.split[r] == SPLITS["train"] else 1].append(r)
+    names = list(data.genes) + list(data.heterologous)
+    for key, (train, test) in rows.items():
+        if not train or not test:
+            continue
+        out.shared += 1
+        values = data.phenotypes[train + test]
+        if not all(np.array_equal(values[0], v, equal_nan=True) for v in values[1:]):
+            out.conflicting += 1
+            if len(out.examples) < max_examples:
+                out.examples.append(";".join(names[g] for g, _ in key[0]))
+    return out
+
+
+def check_output_path(path: str | Path, inputs: Sequence[str | Path] = (), what: str = "--out") -> Path:
+    """Refuse an output path that is a directory or one of the command's input files (:class:`UserError`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory; give a file name")
+    for src in inputs:
+        if src is not None and Path(src).exists() and path.exists() and path.resolve() == Path(src).resolve():
+            raise UserError(f"{what} {path} is the input file itself; write to another file")
+    return path
 
 
 # ---------------------------------------------------------------------- torch side

@@ -71,6 +71,7 @@ import numpy as np
 from cellformer.data.dataset import PerturbationData, PerturbationType
 from cellformer.data.splits import random_split
 from cellformer.defaults import DEFAULT_DATASET
+from cellformer.errors import UserError
 from cellformer.genome.genome import Genome
 from cellformer.graphs.graph import GeneGraph, GraphSet
 
@@ -245,6 +246,189 @@ def _pad(sets: np.ndarray, width: int = 3) -> np.ndarray:
     return out
 
 
+# ---------------------------------------------------------------------- the simulator, in steps
+@dataclass
+class _Modules:
+    """Module membership in CSR form: ``genes[ptr[m]:ptr[m+1]]`` are the members of module ``m``."""
+
+    module: np.ndarray  # (N,) module id of each gene
+    size: np.ndarray  # (M,) module sizes
+    genes: np.ndarray  # genes sorted by module
+    ptr: np.ndarray  # (M+1,) offsets into ``genes``
+
+    @classmethod
+    def of(cls, module: np.ndarray) -> _Modules:
+        genes, ptr = _members(module)
+        return cls(module, np.bincount(module, minlength=int(module.max()) + 1), genes, ptr)
+
+    def draw_within(self, rng: np.random.Generator, m: int, k: int, pool: np.ndarray) -> np.ndarray:
+        """``m`` draws of ``k`` genes of one module: a gene of ``pool``, then ``k - 1`` random members of its module."""
+        a = pool[rng.integers(0, len(pool), m)]
+        ma = self.module[a]
+        cols = [a]
+        for _ in range(k - 1):
+            cols.append(self.genes[self.ptr[ma] + (rng.random(m) * self.size[ma]).astype(np.int64)])
+        return np.stack(cols, axis=1)
+
+
+def _checked_truth_graph(genome: Genome, graphs: GraphSet, truth_graph: str, **values: float | None) -> GeneGraph:
+    """The truth graph, after rejecting settings :func:`simulate` cannot work with (:class:`UserError`)."""
+    if not 0.0 <= values["off_graph_share"] < 1.0:
+        raise UserError(f"off_graph_share must be in [0, 1), got {values['off_graph_share']}")
+    if values["noise"] < 0:
+        raise UserError(f"noise must be >= 0, got {values['noise']}")
+    for name in ("n_doubles", "n_triples", "n_singles"):
+        if (values[name] or 0) < 0:
+            raise UserError(f"{name} must be >= 0, got {values[name]}")
+    if genome.added.any():
+        raise UserError("simulate() works on a native genome; this one has added (heterologous) genes")
+    graph = graphs[truth_graph]
+    n = len(genome)
+    if graph.num_nodes != n:
+        raise UserError(f"graph {truth_graph!r} has {graph.num_nodes} nodes but the genome has {n} genes")
+    if n < 3:
+        raise UserError("need at least 3 genes")
+    return graph
+
+
+def _draw_module_truth(
+    rng: np.random.Generator, mods: _Modules, essential_module_share: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Single-mutant costs ``s`` (N,), module pair terms ``kappa`` (M,) and triple terms ``eta`` (M,)."""
+    module, size = mods.module, mods.size
+    n, n_mod = len(module), len(size)
+    s = rng.exponential(_SMALL_COST_MEAN, n)
+    u = rng.random(n)
+    s = np.where(u < _MODERATE_SHARE, rng.uniform(*_MODERATE_RANGE, n), s)
+    s = np.where(u > 1 - _LARGE_SHARE, rng.uniform(*_LARGE_RANGE, n), s)
+    essential = (size >= 2) & (rng.random(n_mod) < essential_module_share)
+    floor = rng.uniform(*_ESSENTIAL_RANGE, n_mod)
+    s = np.where(essential[module], np.maximum(s, floor[module]), s)
+    med_s = np.array([np.median(s[mods.genes[mods.ptr[m] : mods.ptr[m + 1]]]) for m in range(n_mod)])
+    pos_p = np.where(essential, _POS_EPISTASIS_P_ESSENTIAL, _POS_EPISTASIS_P)
+    kappa = np.where(size >= 2, _interaction_terms(rng, n_mod, pos_p, med_s), 0.0)
+    eta = np.where(size >= 3, kappa * rng.uniform(*_TRIPLE_RATIO, n_mod), 0.0)
+    return s, kappa, eta
+
+
+def _draw_off_graph_pairs(
+    rng: np.random.Generator, mods: _Modules, sym, s: np.ndarray, off_graph_share: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Off-graph interacting pairs (neither same-module nor a truth-graph edge) and their terms ``omega``."""
+    module, size = mods.module, mods.size
+    n = len(module)
+    within_total = int((size * (size - 1) // 2).sum())
+    n_off = int(round(within_total * off_graph_share / (1.0 - off_graph_share)))
+
+    def draw_off(m: int) -> np.ndarray:
+        c = rng.integers(0, n, size=(m, 2))
+        bad = (module[c[:, 0]] == module[c[:, 1]]) | (np.asarray(sym[c[:, 0], c[:, 1]]).ravel() != 0)
+        c[bad] = -1
+        return c
+
+    off_pairs = _sample_unique(draw_off, n_off, 2, n) if n_off else np.zeros((0, 2), dtype=np.int64)
+    sick = np.minimum(s[off_pairs[:, 0]], s[off_pairs[:, 1]])
+    off_terms = _interaction_terms(rng, len(off_pairs), np.full(len(off_pairs), _POS_EPISTASIS_P), sick)
+    return off_pairs, off_terms
+
+
+def _sample_singles(rng: np.random.Generator, n: int, n_singles: int | None) -> np.ndarray:
+    """(R1, 1) single mutants: every gene, or ``n_singles`` random genes (sorted)."""
+    if n_singles is None or n_singles >= n:
+        return np.arange(n)[:, None]
+    return np.sort(rng.choice(n, size=n_singles, replace=False))[:, None]
+
+
+def _sample_doubles(
+    rng: np.random.Generator,
+    mods: _Modules,
+    off_pairs: np.ndarray,
+    n_doubles: int,
+    within_module_share: float,
+    off_graph_share: float,
+) -> np.ndarray:
+    """(R2, 2) unique doubles: same-module pairs, off-graph interacting pairs, then random pairs."""
+    n = len(mods.module)
+    in_mod2 = np.flatnonzero(mods.size[mods.module] >= 2)
+    n_within = int(round(n_doubles * within_module_share)) if len(in_mod2) else 0
+    within = _sample_unique(lambda m: mods.draw_within(rng, m, 2, in_mod2), n_within, 2, n)
+    n_other = n_doubles - len(within)
+    n_off = int(round(len(within) * off_graph_share / (1.0 - off_graph_share)))
+    n_off = min(n_off, n_other, len(off_pairs))
+    off = off_pairs[np.sort(rng.choice(len(off_pairs), n_off, replace=False))] if n_off else None
+    taken = np.concatenate([within, off]) if off is not None else within
+    rand = _sample_unique(lambda m: rng.integers(0, n, size=(m, 2)), n_other - n_off, 2, n, exclude=taken @ [n, 1])
+    return np.concatenate([taken, rand]).astype(np.int64)
+
+
+def _sample_triples(
+    rng: np.random.Generator,
+    mods: _Modules,
+    off_pairs: np.ndarray,
+    n_triples: int,
+    triple_within_module_share: float,
+    off_graph_share: float,
+) -> np.ndarray:
+    """(R3, 3) unique triples: three genes of one module, then off-graph pair + random gene, or random."""
+    n = len(mods.module)
+    in_mod3 = np.flatnonzero(mods.size[mods.module] >= 3)
+    n_within = int(round(n_triples * triple_within_module_share)) if len(in_mod3) else 0
+    within = _sample_unique(lambda m: mods.draw_within(rng, m, 3, in_mod3), n_within, 3, n)
+
+    def draw_other(m: int) -> np.ndarray:
+        t = rng.integers(0, n, size=(m, 3))
+        if len(off_pairs):
+            use = rng.random(m) < off_graph_share
+            t[use, :2] = off_pairs[rng.integers(0, len(off_pairs), int(use.sum()))]
+        return t
+
+    other = _sample_unique(draw_other, n_triples - len(within), 3, n, exclude=within @ [n * n, n, 1])
+    return np.concatenate([within, other]).astype(np.int64)
+
+
+def _true_phenotypes(
+    truth: SimulationTruth, singles: np.ndarray, doubles: np.ndarray, triples: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The padded (R, 3) record sets and their noise-free ``fitness``, ``epsilon``, ``tau`` (R, 3)."""
+    sets = np.concatenate([_pad(singles), _pad(doubles), _pad(triples)])
+    n1, n2 = len(singles), len(doubles)
+    f = truth.fitness(sets)
+    f1 = np.exp(-truth.single_cost)
+    true = np.full((len(sets), 3), np.nan)
+    true[:, 0] = f
+    a, b = doubles[:, 0], doubles[:, 1]
+    true[n1 : n1 + n2, 1] = f[n1 : n1 + n2] - f1[a] * f1[b]
+    a, b, c = triples[:, 0], triples[:, 1], triples[:, 2]
+    f_ab = truth.fitness(np.stack([a, b], axis=1))
+    f_ac = truth.fitness(np.stack([a, c], axis=1))
+    f_bc = truth.fitness(np.stack([b, c], axis=1))
+    e_ab, e_ac, e_bc = f_ab - f1[a] * f1[b], f_ac - f1[a] * f1[c], f_bc - f1[b] * f1[c]
+    f_abc = f[n1 + n2 :]
+    true[n1 + n2 :, 2] = f_abc - f1[a] * f1[b] * f1[c] - e_ab * f1[c] - e_ac * f1[b] - e_bc * f1[a]
+    return sets, true
+
+
+def _interacting_pairs(mods: _Modules, truth: SimulationTruth, sym) -> dict[str, np.ndarray]:
+    """The ground-truth list of interacting pairs for ``meta``: same-module pairs, then off-graph pairs."""
+    w_pairs = []
+    for m in np.flatnonzero(mods.size >= 2):
+        mem = np.sort(mods.genes[mods.ptr[m] : mods.ptr[m + 1]])
+        i, j = np.triu_indices(len(mem), k=1)
+        w_pairs.append(np.stack([mem[i], mem[j]], axis=1))
+    w_pairs_arr = np.concatenate(w_pairs) if w_pairs else np.zeros((0, 2), dtype=np.int64)
+    off_pairs = truth.off_pairs
+    pairs = np.concatenate([w_pairs_arr, off_pairs]).astype(np.int32)
+    pair_term = np.concatenate([truth.module_pair_term[mods.module[w_pairs_arr[:, 0]]], truth.off_terms])
+    pair_on_graph = np.concatenate([np.ones(len(w_pairs_arr), bool), np.zeros(len(off_pairs), bool)])
+    pair_is_edge = np.asarray(sym[pairs[:, 0], pairs[:, 1]]).ravel() != 0 if len(pairs) else np.zeros(0, bool)
+    return {
+        "pairs": pairs,
+        "pair_term": pair_term.astype(np.float32),
+        "pair_on_graph": pair_on_graph,
+        "pair_is_edge": pair_is_edge,
+    }
+
+
 # ---------------------------------------------------------------------- the simulator
 def simulate(
     genome: Genome,
@@ -282,139 +466,41 @@ def simulate(
     and in ``attrs``: ``simulator``, ``truth_graph``, ``off_graph_share``, ``noise``, ``seed`` and the
     record counts.
     """
-    if not 0.0 <= off_graph_share < 1.0:
-        raise ValueError(f"off_graph_share must be in [0, 1), got {off_graph_share}")
-    if noise < 0:
-        raise ValueError(f"noise must be >= 0, got {noise}")
-    for name, v in [("n_doubles", n_doubles), ("n_triples", n_triples), ("n_singles", n_singles or 0)]:
-        if v < 0:
-            raise ValueError(f"{name} must be >= 0, got {v}")
-    if genome.added.any():
-        raise ValueError("simulate() works on a native genome; this one has added (heterologous) genes")
-    graph = graphs[truth_graph]
+    graph = _checked_truth_graph(
+        genome,
+        graphs,
+        truth_graph,
+        off_graph_share=off_graph_share,
+        noise=noise,
+        n_doubles=n_doubles,
+        n_triples=n_triples,
+        n_singles=n_singles,
+    )
     n = len(genome)
-    if graph.num_nodes != n:
-        raise ValueError(f"graph {truth_graph!r} has {graph.num_nodes} nodes but the genome has {n} genes")
-    if n < 3:
-        raise ValueError("need at least 3 genes")
     truth_rng = np.random.default_rng([seed, 1])
     sample_rng = np.random.default_rng([seed, 2])
     noise_rng = np.random.default_rng([seed, 3])
 
-    # ---- truth: modules, single costs, module terms
-    module = graph_modules(graph, seed=seed, resolution=resolution, max_module_size=max_module_size)
-    n_mod = int(module.max()) + 1
-    size = np.bincount(module, minlength=n_mod)
-    s = truth_rng.exponential(_SMALL_COST_MEAN, n)
-    u = truth_rng.random(n)
-    s = np.where(u < _MODERATE_SHARE, truth_rng.uniform(*_MODERATE_RANGE, n), s)
-    s = np.where(u > 1 - _LARGE_SHARE, truth_rng.uniform(*_LARGE_RANGE, n), s)
-    essential = (size >= 2) & (truth_rng.random(n_mod) < essential_module_share)
-    floor = truth_rng.uniform(*_ESSENTIAL_RANGE, n_mod)
-    s = np.where(essential[module], np.maximum(s, floor[module]), s)
-    genes_by_mod, ptr = _members(module)
-    med_s = np.array([np.median(s[genes_by_mod[ptr[m] : ptr[m + 1]]]) for m in range(n_mod)])
-    pos_p = np.where(essential, _POS_EPISTASIS_P_ESSENTIAL, _POS_EPISTASIS_P)
-    kappa = np.where(size >= 2, _interaction_terms(truth_rng, n_mod, pos_p, med_s), 0.0)
-    eta = np.where(size >= 3, kappa * truth_rng.uniform(*_TRIPLE_RATIO, n_mod), 0.0)
-
-    # ---- truth: off-graph pairs
-    within_total = int((size * (size - 1) // 2).sum())
-    n_off = int(round(within_total * off_graph_share / (1.0 - off_graph_share)))
+    # the truth: modules, single costs, module terms, off-graph pairs
+    mods = _Modules.of(graph_modules(graph, seed=seed, resolution=resolution, max_module_size=max_module_size))
+    s, kappa, eta = _draw_module_truth(truth_rng, mods, essential_module_share)
     sym = graph.adj if not graph.directed else (graph.adj + graph.adj.T).tocsr()
+    off_pairs, off_terms = _draw_off_graph_pairs(truth_rng, mods, sym, s, off_graph_share)
+    truth = SimulationTruth(mods.module, s, kappa, eta, off_pairs, off_terms)
 
-    def draw_off(m: int) -> np.ndarray:
-        c = truth_rng.integers(0, n, size=(m, 2))
-        bad = (module[c[:, 0]] == module[c[:, 1]]) | (np.asarray(sym[c[:, 0], c[:, 1]]).ravel() != 0)
-        c[bad] = -1
-        return c
-
-    off_pairs = _sample_unique(draw_off, n_off, 2, n) if n_off else np.zeros((0, 2), dtype=np.int64)
-    sick = np.minimum(s[off_pairs[:, 0]], s[off_pairs[:, 1]])
-    off_terms = _interaction_terms(truth_rng, len(off_pairs), np.full(len(off_pairs), _POS_EPISTASIS_P), sick)
-    truth = SimulationTruth(module, s, kappa, eta, off_pairs, off_terms)
-
-    # ---- records: singles
-    if n_singles is None or n_singles >= n:
-        singles = np.arange(n)[:, None]
-    else:
-        singles = np.sort(sample_rng.choice(n, size=n_singles, replace=False))[:, None]
-
-    # ---- records: doubles
-    in_mod2 = np.flatnonzero(size[module] >= 2)
-    in_mod3 = np.flatnonzero(size[module] >= 3)
-
-    def draw_within(m: int, k: int, pool: np.ndarray) -> np.ndarray:
-        a = pool[sample_rng.integers(0, len(pool), m)]
-        ma = module[a]
-        cols = [a]
-        for _ in range(k - 1):
-            cols.append(genes_by_mod[ptr[ma] + (sample_rng.random(m) * size[ma]).astype(np.int64)])
-        return np.stack(cols, axis=1)
-
-    def draw_random(m: int, k: int) -> np.ndarray:
-        return sample_rng.integers(0, n, size=(m, k))
-
-    n_within_d = int(round(n_doubles * within_module_share)) if len(in_mod2) else 0
-    within_d = _sample_unique(lambda m: draw_within(m, 2, in_mod2), n_within_d, 2, n)
-    n_other = n_doubles - len(within_d)
-    n_off_d = int(round(len(within_d) * off_graph_share / (1.0 - off_graph_share)))
-    n_off_d = min(n_off_d, n_other, len(off_pairs))
-    off_d = off_pairs[np.sort(sample_rng.choice(len(off_pairs), n_off_d, replace=False))] if n_off_d else None
-    taken = np.concatenate([within_d, off_d]) if off_d is not None else within_d
-    random_d = _sample_unique(lambda m: draw_random(m, 2), n_other - n_off_d, 2, n, exclude=taken @ [n, 1])
-    doubles = np.concatenate([taken, random_d]).astype(np.int64)
-
-    # ---- records: triples
-    n_within_t = int(round(n_triples * triple_within_module_share)) if len(in_mod3) else 0
-    within_t = _sample_unique(lambda m: draw_within(m, 3, in_mod3), n_within_t, 3, n)
-
-    def draw_other_triple(m: int) -> np.ndarray:
-        t = draw_random(m, 3)
-        if len(off_pairs):
-            use = sample_rng.random(m) < off_graph_share
-            t[use, :2] = off_pairs[sample_rng.integers(0, len(off_pairs), int(use.sum()))]
-        return t
-
-    other_t = _sample_unique(draw_other_triple, n_triples - len(within_t), 3, n, exclude=within_t @ [n * n, n, 1])
-    triples = np.concatenate([within_t, other_t]).astype(np.int64)
-
-    # ---- phenotypes (true, then observed)
-    sets = np.concatenate([_pad(singles), _pad(doubles), _pad(triples)])
-    n1, n2, n3 = len(singles), len(doubles), len(triples)
-    f = truth.fitness(sets)
-    f1 = np.exp(-s)
-    true = np.full((len(sets), 3), np.nan)
-    true[:, 0] = f
-    a, b = doubles[:, 0], doubles[:, 1]
-    true[n1 : n1 + n2, 1] = f[n1 : n1 + n2] - f1[a] * f1[b]
-    a, b, c = triples[:, 0], triples[:, 1], triples[:, 2]
-    f_ab = truth.fitness(np.stack([a, b], axis=1))
-    f_ac = truth.fitness(np.stack([a, c], axis=1))
-    f_bc = truth.fitness(np.stack([b, c], axis=1))
-    e_ab, e_ac, e_bc = f_ab - f1[a] * f1[b], f_ac - f1[a] * f1[c], f_bc - f1[b] * f1[c]
-    f_abc = f[n1 + n2 :]
-    true[n1 + n2 :, 2] = f_abc - f1[a] * f1[b] * f1[c] - e_ab * f1[c] - e_ac * f1[b] - e_bc * f1[a]
+    # the records, their true and observed phenotypes
+    singles = _sample_singles(sample_rng, n, n_singles)
+    doubles = _sample_doubles(sample_rng, mods, off_pairs, n_doubles, within_module_share, off_graph_share)
+    triples = _sample_triples(sample_rng, mods, off_pairs, n_triples, triple_within_module_share, off_graph_share)
+    sets, true = _true_phenotypes(truth, singles, doubles, triples)
     observed = true + noise_rng.normal(0.0, noise, size=true.shape) if noise > 0 else true.copy()
 
-    # ---- ground truth pairs list
-    w_pairs = []
-    for m in np.flatnonzero(size >= 2):
-        mem = np.sort(genes_by_mod[ptr[m] : ptr[m + 1]])
-        i, j = np.triu_indices(len(mem), k=1)
-        w_pairs.append(np.stack([mem[i], mem[j]], axis=1))
-    w_pairs_arr = np.concatenate(w_pairs) if w_pairs else np.zeros((0, 2), dtype=np.int64)
-    pairs = np.concatenate([w_pairs_arr, off_pairs]).astype(np.int32)
-    pair_term = np.concatenate([kappa[module[w_pairs_arr[:, 0]]], off_terms])
-    pair_on_graph = np.concatenate([np.ones(len(w_pairs_arr), bool), np.zeros(len(off_pairs), bool)])
-    pair_is_edge = np.asarray(sym[pairs[:, 0], pairs[:, 1]]).ravel() != 0 if len(pairs) else np.zeros(0, bool)
-
+    n1, n2, n3 = len(singles), len(doubles), len(triples)
     sizes = (sets >= 0).sum(axis=1)
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
     gene_index = sets[sets >= 0]
     return PerturbationData(
         genes=list(genome.genes),
-        offsets=offsets,
+        offsets=np.concatenate([[0], np.cumsum(sizes)]),
         gene_index=gene_index,
         types=np.full(len(gene_index), int(PerturbationType.DELETION), dtype=np.int8),
         phenotypes=observed.astype(np.float32),
@@ -427,14 +513,11 @@ def simulate(
             f"modules of graph {truth_graph!r}, {off_graph_share:g} off-graph; noise sd {noise:g}; seed {seed}"
         ),
         meta={
-            "module": module.astype(np.int32),
+            "module": mods.module.astype(np.int32),
             "single_cost": s.astype(np.float32),
             "module_pair_term": kappa.astype(np.float32),
             "module_triple_term": eta.astype(np.float32),
-            "pairs": pairs,
-            "pair_term": pair_term.astype(np.float32),
-            "pair_on_graph": pair_on_graph,
-            "pair_is_edge": pair_is_edge,
+            **_interacting_pairs(mods, truth, sym),
             "record_true_phenotypes": true.astype(np.float32),
         },
         attrs={

@@ -9,8 +9,11 @@ starting with ``#`` are skipped (line numbers in messages are physical lines of 
   ``knockdown``, ``overexpression``, ``addition``. Default (column absent or empty): all deletion.
 * ``split`` (optional): ``train``, ``val`` or ``test`` (empty: unassigned).
 * ``condition`` (optional): free text, e.g. ``DMA30``.
-* every other column is a numeric phenotype, named by its header; ``''``, ``NA``, ``N/A``, ``nan``
-  (any case) are "not measured" (NaN).
+* every other column is a numeric phenotype, named by its header; the :data:`MISSING_VALUES` (``''``,
+  ``NA``, ``N/A``, ``nan``, ``null``, ``none``, any case) are "not measured" (NaN). Values must fit a
+  float32 (magnitude below about 3.4e38).
+
+A UTF-8 byte-order mark at the start of the file is ignored.
 
 A bad row raises :class:`TableImportError` naming the file, the line and the problem, unless
 ``skip_bad_rows``: then it is written to a rejects TSV (the original line plus a ``reason`` column)
@@ -27,13 +30,51 @@ from pathlib import Path
 import numpy as np
 
 from cellformer.data.dataset import SPLITS, PerturbationData, PerturbationType
+from cellformer.errors import UserError
 from cellformer.genome.genome import Genome, UnknownGeneError, open_text
 
 RESERVED_COLUMNS = ("genes", "types", "split", "condition")
-MISSING_VALUES = {"", "na", "n/a", "nan"}
+#: Values (lower-cased, stripped) that mean "not measured" in every importer.
+MISSING_VALUES = frozenset({"", "na", "n/a", "nan", "null", "none"})
+#: Largest magnitude stored without float32 overflow.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-class TableImportError(ValueError):
+def split_gene_names(text: str) -> list[str]:
+    """The gene names of a ``;``-separated gene set; an empty name (``"A;;B"``, ``"A;"``) is an error.
+
+    Shared by tables and the ``--genes`` option so that both accept the same sets. Raises
+    :class:`~cellformer.errors.UserError`.
+    """
+    raw = text.strip()
+    if not raw:
+        raise UserError("the gene set is empty")
+    names = [g.strip() for g in raw.split(";")]
+    if any(not g for g in names):
+        raise UserError(f"empty gene name in {raw!r} (genes are separated by ';')")
+    return names
+
+
+def parse_value(raw: str, column: str) -> float:
+    """A phenotype value: NaN for :data:`MISSING_VALUES`, else a finite number that fits a float32.
+
+    Raises ``ValueError`` with a message naming the column (the callers add file and line).
+    """
+    v = raw.strip()
+    if v.lower() in MISSING_VALUES:
+        return math.nan
+    try:
+        x = float(v)
+    except ValueError:
+        raise ValueError(f"{column}: {v!r} is not a number (use NA or leave empty)") from None
+    if not math.isfinite(x):
+        raise ValueError(f"{column}: {v!r} is not a finite number")
+    if abs(x) > FLOAT32_MAX:
+        raise ValueError(f"{column}: {v!r} is too large to store (float32 holds magnitudes up to about 3.4e38)")
+    return x
+
+
+class TableImportError(UserError):
     """A perturbation table that cannot be imported (the message names the file and the line)."""
 
     def __init__(self, path: str | Path, line: int | None, problem: str, kind: str = "error"):
@@ -120,9 +161,10 @@ class _Parser:
         raw_genes = fields[self.col["genes"]].strip()
         if not raw_genes:
             raise fail("the 'genes' field is empty", "empty_genes")
-        names = [g.strip() for g in raw_genes.split(";")]
-        if any(not g for g in names):
-            raise fail(f"empty gene name in {raw_genes!r} (genes are separated by ';')", "empty_genes")
+        try:
+            names = split_gene_names(raw_genes)
+        except UserError as e:
+            raise fail(str(e), "empty_genes") from None
         try:
             genes = np.array([self.genome.index(g) for g in names], dtype=np.int64)
         except UnknownGeneError as e:
@@ -161,26 +203,17 @@ class _Parser:
                 split = SPLITS[raw_split]
         values = []
         for i, name in zip(self.pheno_cols, self.phenotype_names, strict=True):
-            raw = fields[i].strip()
-            if raw.lower() in MISSING_VALUES:
-                values.append(math.nan)
-                continue
             try:
-                v = float(raw)
-            except ValueError:
-                raise fail(
-                    f"phenotype {name!r}: {raw!r} is not a number (use NA or leave empty)", "bad_value"
-                ) from None
-            if not math.isfinite(v):
-                raise fail(f"phenotype {name!r}: {raw!r} is not a finite number", "bad_value")
-            values.append(v)
+                values.append(parse_value(fields[i], f"phenotype {name!r}"))
+            except ValueError as e:
+                raise fail(str(e), "bad_value") from None
         condition = fields[self.col["condition"]].strip() if "condition" in self.col else ""
         return _Row(line, genes, types, values, split, condition)
 
 
 def _lines(path: Path):
     """``(line number, raw line without newline, fields)`` of the non-blank, non-comment lines."""
-    with open_text(path) as fh:
+    with open_text(path, "table") as fh:
         for lineno, raw in enumerate(fh, start=1):
             line = raw.rstrip("\r\n")
             if not line.strip() or line.startswith("#"):

@@ -4,6 +4,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from cellformer.defaults import YEAST_DIR
+from cellformer.errors import UserError
 from cellformer.genome.genome import Genome, UnknownGeneError, open_text
 from cellformer.genome.sequence import (
     SEQUENCE_FEATURE_DIM,
@@ -26,7 +27,7 @@ def load_genome(spec: str | Path | None = "yeast") -> Genome:
     if spec is None or str(spec) == "yeast":
         return yeast_genome()
     if not Path(spec).exists():
-        raise FileNotFoundError(f"genome {str(spec)!r}: expected 'yeast' or an existing gene-table TSV path")
+        raise UserError(f"genome {str(spec)!r}: expected 'yeast' or an existing gene-table TSV path")
     return Genome.from_tsv(spec)
 
 

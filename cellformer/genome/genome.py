@@ -6,16 +6,21 @@ import csv
 import difflib
 import gzip
 import hashlib
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from cellformer.errors import UserError
 from cellformer.genome.sequence import SEQUENCE_FEATURE_DIM, sequence_features
 
 
-class UnknownGeneError(KeyError):
-    """A gene name that is neither a gene id nor an alias of the genome."""
+class UnknownGeneError(UserError, KeyError):
+    """A gene name that is neither a gene id nor an alias of the genome.
+
+    A :class:`~cellformer.errors.UserError`; also a ``KeyError`` for callers that look genes up like keys.
+    """
 
     def __init__(self, name: str, suggestions: Sequence[str], context: str = ""):
         self.name = name
@@ -28,12 +33,63 @@ class UnknownGeneError(KeyError):
         return str(self.args[0])
 
 
-def open_text(path: str | Path):
-    """Open a text file for reading, transparently decompressing ``.gz``."""
+def open_text(path: str | Path, what: str = "file"):
+    """Open a text file for reading (``.gz`` decompressed), as an iterator of lines.
+
+    A UTF-8 byte-order mark is dropped. Problems with the file are :class:`~cellformer.errors.UserError`
+    naming it: missing, a directory, not UTF-8 text (e.g. a binary file), a truncated or corrupt ``.gz``.
+    ``what`` names the file's role in messages (e.g. ``"gene table"``).
+    """
     path = Path(path)
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+    if not path.exists():
+        raise UserError(f"{what} {path} does not exist")
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory, not a file")
+    return _TextLines(path, what)
+
+
+class _TextLines:
+    """Context manager and line iterator over a text file that turns read failures into :class:`UserError`."""
+
+    def __init__(self, path: Path, what: str):
+        self.path, self.what = path, what
+        if path.suffix == ".gz":
+            self._fh = gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+        else:
+            self._fh = open(path, encoding="utf-8-sig", newline="")
+        self.line = 0
+
+    def __enter__(self) -> _TextLines:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._fh.close()
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __iter__(self) -> _TextLines:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            line = next(self._fh)
+        except UnicodeDecodeError:
+            raise UserError(
+                f"{self.what} {self.path}:{self.line + 1}: not UTF-8 text (is it a binary file?)"
+            ) from None
+        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+            raise UserError(f"{self.what} {self.path}: truncated or corrupt gzip file ({exc})") from None
+        except OSError as exc:
+            raise UserError(f"{self.what} {self.path}: cannot be read ({exc})") from None
+        self.line += 1
+        if "\x00" in line:
+            raise UserError(f"{self.what} {self.path}:{self.line}: contains NUL bytes (is it a binary file?)")
+        return line
+
+    def read(self) -> str:
+        """The rest of the file as one string."""
+        return "".join(self)
 
 
 class Genome:
@@ -98,21 +154,25 @@ class Genome:
     def from_tsv(cls, path: str | Path, name: str | None = None) -> Genome:
         """Read a gene table with columns ``systematic_name`` and optional ``standard_name``."""
         path = Path(path)
-        with open_text(path) as fh:
+        with open_text(path, "gene table") as fh:
             reader = csv.DictReader(fh, delimiter="\t")
-            if reader.fieldnames is None or "systematic_name" not in reader.fieldnames:
-                raise ValueError(f"{path}: expected a header with a 'systematic_name' column")
+            if reader.fieldnames is None or "systematic_name" not in [f.strip() for f in reader.fieldnames]:
+                raise UserError(f"gene table {path}: expected a header with a 'systematic_name' column")
+            reader.fieldnames = [f.strip() for f in reader.fieldnames]
             genes, aliases = [], []
             for row in reader:
-                genes.append(row["systematic_name"].strip())
+                genes.append((row["systematic_name"] or "").strip())
                 aliases.append((row.get("standard_name") or "").strip())
-        return cls(genes, aliases, name=name or path.name.split(".")[0])
+        try:
+            return cls(genes, aliases, name=name or path.name.split(".")[0])
+        except ValueError as exc:
+            raise UserError(f"gene table {path}: {exc}") from None
 
     def add_genes(self, sequences: Mapping[str, str]) -> Genome:
         """A new genome variant with heterologous genes appended (features from their CDS)."""
         for g in sequences:
             if g.upper() in self._index or g.upper() in self._alias_index:
-                raise ValueError(f"cannot add gene {g!r}: the genome already has a gene of that name")
+                raise UserError(f"cannot add gene {g!r}: the genome already has a gene of that name")
         new_feats = np.stack([sequence_features(s, g) for g, s in sequences.items()]) if sequences else None
         if new_feats is not None and new_feats.shape[1] != self.features.shape[1]:
             raise ValueError(

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cellformer.errors import UserError
+
 BASES = "TCAG"
 CODONS = ["".join(c) for c in itertools.product(BASES, repeat=3)]
 _AA_TABLE = "FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG"
@@ -32,8 +34,8 @@ _CODON_INDEX = {c: i for i, c in enumerate(CODONS)}
 _AA_INDEX = {a: i for i, a in enumerate(AMINO_ACIDS)}
 
 
-class SequenceError(ValueError):
-    """A DNA sequence that cannot be used as a coding sequence."""
+class SequenceError(UserError):
+    """A DNA sequence (or FASTA file) that cannot be used as a coding sequence."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,9 @@ def read_fasta(path: str | Path) -> list[FastaRecord]:
     name: str | None = None
     start = 0
     chunks: list[str] = []
-    with open(path, encoding="utf-8") as fh:
+    from cellformer.genome.genome import open_text
+
+    with open_text(path, "FASTA file") as fh:
         for lineno, raw in enumerate(fh, start=1):
             line = raw.strip()
             if not line:

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from cellformer.defaults import YEAST_DIR, YEAST_GRAPHS
 from cellformer.errors import UserError, unknown_name_error
 from cellformer.genome import Genome, yeast_genome
-from cellformer.graphs.graph import GeneGraph, GraphSet
+from cellformer.graphs.graph import GeneGraph, GraphSet, UnknownGraphError
 from cellformer.graphs.io import LoadReport, build_graph, load_edge_list, save_edge_list
 
 _CACHE: dict[str, tuple[GeneGraph, LoadReport]] = {}
@@ -89,5 +89,6 @@ __all__ = [
     "load_edge_list",
     "load_graphs",
     "save_edge_list",
+    "UnknownGraphError",
     "yeast_graphs",
 ]

@@ -11,6 +11,15 @@ import scipy.sparse as sp
 import torch
 from torch_geometric.utils import k_hop_subgraph
 
+from cellformer.errors import UserError, did_you_mean
+
+
+class UnknownGraphError(UserError, KeyError):
+    """A graph name that is not in a :class:`GraphSet` (also a ``KeyError``, as mappings raise)."""
+
+    def __str__(self) -> str:  # KeyError quotes its message otherwise
+        return str(self.args[0])
+
 
 @dataclass
 class GeneGraph:
@@ -127,7 +136,7 @@ class GeneGraph:
         ~80% of its edges. Every node keeps its (in- and out-) degree; weights travel with the edges.
         """
         if not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+            raise UserError(f"rewire fraction must be in [0, 1], got {fraction}")
         g = self.to_networkx()
         g.remove_nodes_from([n for n, d in list(g.degree()) if d == 0])
         # a swap moves k random edges (k = 2 undirected, 3 directed), so after S swaps about exp(-k S / E) of the
@@ -181,11 +190,8 @@ class GraphSet(Mapping[str, GeneGraph]):
         try:
             return self._graphs[name]
         except KeyError:
-            import difflib
-
-            close = difflib.get_close_matches(name, list(self._graphs), n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise KeyError(f"unknown graph {name!r}; available: {', '.join(self._graphs)}{hint}") from None
+            hint = did_you_mean(str(name), self._graphs, cutoff=0.5)
+            raise UnknownGraphError(f"unknown graph {name!r}; available: {', '.join(self._graphs)}{hint}") from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._graphs)

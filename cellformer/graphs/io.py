@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cellformer.errors import UserError
 from cellformer.genome.genome import Genome, open_text
 from cellformer.graphs.graph import GeneGraph
 
@@ -114,21 +115,22 @@ def load_edge_list(
     (if present) is not a number. ``directed`` defaults to True when the header's first column is
     ``regulator`` or ``source``. Rows whose genes don't map are counted and reported with examples
     (a ``UserWarning`` with the summary when ``warn``), never fatal. Malformed rows (fewer than two
-    fields, a non-numeric score) raise ``ValueError`` naming the line.
+    fields, a non-numeric score) and unreadable files raise :class:`~cellformer.errors.UserError` naming the
+    file and line.
     """
     path = Path(path)
     name = name or path.name.split(".")[0]
     report = LoadReport(str(path))
     pairs: list[tuple[int, str, str, float]] = []
     header: list[str] | None = None
-    with open_text(path) as fh:
+    with open_text(path, "edge list") as fh:
         for lineno, raw in enumerate(fh, start=1):
             line = raw.rstrip("\r\n")
             if not line.strip() or line.startswith("#"):
                 continue
             fields = line.split("\t") if "\t" in line else line.split()
             if len(fields) < 2:
-                raise ValueError(f"{path}:{lineno}: expected at least 2 fields (gene_a, gene_b), got {line!r}")
+                raise UserError(f"{path}:{lineno}: expected at least 2 fields (gene_a, gene_b), got {line!r}")
             if header is None and not pairs and _looks_like_header(fields, genome):
                 header = [f.strip().lower() for f in fields]
                 continue
@@ -137,9 +139,11 @@ def load_edge_list(
                 try:
                     score = float(fields[2])
                 except ValueError:
-                    raise ValueError(
+                    raise UserError(
                         f"{path}:{lineno}: score {fields[2]!r} is not a number (columns: gene_a gene_b [score])"
                     ) from None
+                if not np.isfinite(score):
+                    raise UserError(f"{path}:{lineno}: score {fields[2]!r} is not a finite number")
             pairs.append((lineno, fields[0].strip(), fields[1].strip(), score))
     if directed is None:
         directed = bool(header) and header[0] in {"regulator", "source", "tf", "from"}
