@@ -12,6 +12,7 @@ from cellformer.data.context import DataContext
 from cellformer.data.dataset import SPLITS, PerturbationData, PerturbationDataset, identity_collate
 from cellformer.data.splits import gene_holdout_split, random_split
 from cellformer.defaults import DEFAULT_DATASET, YEAST_GRAPHS
+from cellformer.errors import UserError
 from cellformer.genome import load_genome
 from cellformer.graphs import load_graphs
 
@@ -56,9 +57,9 @@ class PerturbationDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         if split not in {"stored", "random", "gene_holdout", "gene_holdout_strict"}:
-            raise ValueError(f"split {split!r}: expected stored, random, gene_holdout or gene_holdout_strict")
+            raise UserError(f"split {split!r}: expected stored, random, gene_holdout or gene_holdout_strict")
         if not 0 < train_fraction <= 1:
-            raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
+            raise UserError(f"train_fraction must be in (0, 1], got {train_fraction}")
         path = DEFAULT_DATASET if dataset == "default" else Path(dataset)
         if dataset == "default" and not path.exists():
             from cellformer.data.simulate import build_default_dataset
@@ -69,7 +70,7 @@ class PerturbationDataModule(L.LightningDataModule):
         data = PerturbationData.load(path)
         self.genome = load_genome(genome)
         if data.genome_hash and data.genome_hash != self.genome.hash:
-            raise ValueError(
+            raise UserError(
                 f"dataset {path} was built for genome hash {data.genome_hash}, but genome {genome!r} has "
                 f"hash {self.genome.hash}"
             )
@@ -85,30 +86,38 @@ class PerturbationDataModule(L.LightningDataModule):
         self._make_splits()
 
     def _make_splits(self) -> None:
+        """Split indices. ``max_records`` first keeps a seeded random subset (its own random stream, so it
+        never lines up with the split's), then the split is made among the kept records: the stored split's
+        codes of those records, or a random / gene hold-out split computed on them."""
         hp = self.hparams
         n = len(self.data)
+        kept = np.arange(n)
+        if hp.max_records is not None:
+            if hp.max_records <= 0:
+                raise UserError(f"max_records must be a positive number of records, got {hp.max_records}")
+            if hp.max_records < n:
+                kept = np.sort(np.random.default_rng([hp.split_seed, 0x6B656570]).permutation(n)[: hp.max_records])
         if hp.split == "stored":
-            split = self.data.split
-            if split is None:
-                raise ValueError(f"{self.dataset_path} stores no split; use split: random or gene_holdout")
+            if self.data.split is None:
+                raise UserError(f"{self.dataset_path} stores no split; use split: random or gene_holdout")
+            split = self.data.split[kept]
         elif hp.split == "random":
-            split = random_split(n, hp.val_fraction, hp.test_fraction, hp.split_seed)
+            split = random_split(len(kept), hp.val_fraction, hp.test_fraction, hp.split_seed)
         else:
+            data = self.data if len(kept) == n else self.data.subset(kept)
             split, _ = gene_holdout_split(
-                self.data, hp.test_fraction, hp.val_fraction, strict=hp.split.endswith("strict"), seed=hp.split_seed
+                data, hp.test_fraction, hp.val_fraction, strict=hp.split.endswith("strict"), seed=hp.split_seed
             )
-        rng = np.random.default_rng(hp.split_seed)
-        keep = np.ones(n, dtype=bool)
-        if hp.max_records is not None and hp.max_records < n:
-            keep[:] = False
-            keep[rng.permutation(n)[: hp.max_records]] = True
-        self.split_index = {k: np.flatnonzero((split == v) & keep) for k, v in SPLITS.items()}
+        self.split_index = {k: kept[split == v] for k, v in SPLITS.items()}
         train = self.split_index["train"]
         if hp.train_fraction < 1:
             sub = np.random.default_rng(hp.train_seed).permutation(len(train))[
                 : max(1, int(hp.train_fraction * len(train)))
             ]
             self.split_index["train"] = np.sort(train[sub])
+        if len(self.split_index["train"]) == 0:
+            sizes = {k: len(v) for k, v in self.split_index.items()}
+            raise UserError(f"the training split is empty ({sizes}); use more records or another split")
 
     def dataset(self, split: str) -> PerturbationDataset:
         return PerturbationDataset(self.data, self.split_index[split])

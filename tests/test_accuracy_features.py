@@ -1,0 +1,210 @@
+"""Selection, scaling and graph information for unseen genes: each mechanism does what it claims."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_training import toy_config, toy_problem
+
+from cellformer.cli import main as cli_main
+from cellformer.data.context import DataContext
+from cellformer.data.dataset import PerturbationData, collate_perturbations
+from cellformer.errors import UserError
+from cellformer.genome import Genome
+from cellformer.graphs import GeneGraph, GraphSet
+from cellformer.models.checkpoint import load_checkpoint, read_checkpoint
+from cellformer.models.registry import build_model
+from cellformer.training.datamodule import PerturbationDataModule
+from cellformer.training.module import PhenotypeModule
+
+N = 40
+
+
+def cliques(n: int = N, size: int = 8, directed: bool = False, name: str = "cliques") -> GeneGraph:
+    src, dst = [], []
+    for c in range(n // size):
+        for a, b in itertools.combinations(range(c * size, (c + 1) * size), 2):
+            src.append(a)
+            dst.append(b)
+    return GeneGraph.from_edges(name, n, np.array(src), np.array(dst), directed=directed or None)
+
+
+def model(**kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    genome = Genome([f"G{i}" for i in range(N)])
+    graphs = GraphSet([cliques()], genome.hash)
+    hp = {"d_model": 16, "n_layers": 2, "n_heads": 2, "dropout": 0.0} | kw
+    return build_model("cellformer", genome, graphs, ["fitness"], **hp)
+
+
+# ---------------------------------------------------------------------- data module
+@pytest.mark.parametrize("split", ["stored", "random"])
+def test_max_records_keeps_an_80_10_10_split(tmp_path: Path, split: str):
+    toy = toy_problem(tmp_path)
+    n = len(PerturbationData.load(toy["dataset"]))
+    dm = PerturbationDataModule(str(toy["dataset"]), str(toy["genes"]), [f"modules={toy['graphs']['modules']}"],
+                                split=split, max_records=n // 2)  # fmt: skip
+    sizes = {k: len(v) for k, v in dm.split_index.items()}
+    assert sum(sizes.values()) == n // 2
+    assert abs(sizes["train"] / (n // 2) - 0.8) < 0.05 and sizes["val"] > 0 and sizes["test"] > 0
+
+
+def test_empty_training_split_is_a_user_error(tmp_path: Path):
+    toy = toy_problem(tmp_path)
+    data = PerturbationData.load(toy["dataset"])
+    data.split[:] = 2  # every record stored as test
+    data.save(tmp_path / "all_test.h5")
+    with pytest.raises(UserError, match="training split is empty"):
+        graphs = [f"modules={toy['graphs']['modules']}"]
+        PerturbationDataModule(str(tmp_path / "all_test.h5"), str(toy["genes"]), graphs)
+
+
+# ---------------------------------------------------------------------- scaling and selection
+def test_targets_are_standardised_with_training_statistics_and_predictions_come_back_in_units(tmp_path: Path):
+    toy = toy_problem(tmp_path)
+    cfg = toy_config(tmp_path, toy, max_steps=4)
+    assert cli_main(["fit", "--config", str(cfg)]) == 0
+    ckpt = tmp_path / "ckpt" / "last.ckpt"
+    model, ctx = load_checkpoint(ckpt)
+    data = PerturbationData.load(toy["dataset"])
+    train = data.phenotypes[data.split == 0].astype(np.float64)
+    np.testing.assert_allclose(model.y_mean.numpy(), np.nanmean(train, 0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.y_std.numpy(), np.nanstd(train, 0), rtol=1e-5, atol=1e-6)
+    # a model that outputs 0 in standardised units predicts the training mean in original units
+    assert torch.allclose(model.unscale(torch.zeros(1, 3)), model.y_mean[None])
+    assert torch.allclose(model.standardise(model.unscale(torch.ones(2, 3))), torch.ones(2, 3))
+    assert "state_dict" in read_checkpoint(ckpt)
+
+
+def test_val_loss_is_the_phenotype_loss_alone(tmp_path: Path):
+    toy = toy_problem(tmp_path)
+    dm = PerturbationDataModule(str(toy["dataset"]), str(toy["genes"]), [f"modules={toy['graphs']['modules']}"])
+    reg = {"modules": {"layer": 0, "head": 0, "weight": 50.0, "rows": None}}
+    module = PhenotypeModule(model_args={"d_model": 16, "n_layers": 1, "n_heads": 2, "graph_reg": reg},
+                             context=dm.context)  # fmt: skip
+    module.fit_data(dm.data, dm.split_index["train"])
+    logged = {}
+    module.log_dict = lambda d, **kw: logged.update({k: float(v) for k, v in d.items()})
+    module.log = lambda k, v, **kw: logged.update({k: float(v)})
+    batch = dm.dataset("val").collate_rows(dm.split_index["val"][:64])
+    module._loss(batch, "val")
+    assert logged["val/graph/modules"] > 1.0  # λ = 50: the graph term is large …
+    assert logged["val_loss"] == pytest.approx(logged["val/phenotype_loss"])  # … and never in val_loss
+    assert logged["val/total_loss"] == pytest.approx(logged["val/phenotype_loss"] + logged["val/graph/modules"])
+
+
+def test_negative_or_nan_phenotype_weight_is_rejected(tmp_path: Path):
+    ctx = DataContext(Genome([f"G{i}" for i in range(N)]), GraphSet([cliques()]), ["fitness"])
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(UserError, match="phenotype_weights must be finite and ≥ 0"):
+            PhenotypeModule(model="additive", phenotype_weights={"fitness": bad}, context=ctx)
+
+
+def test_checkpoint_of_another_gene_order_is_refused_by_test(tmp_path: Path, capsys):
+    toy = toy_problem(tmp_path)
+    cfg = toy_config(tmp_path, toy, max_steps=2)
+    assert cli_main(["fit", "--config", str(cfg), "--test_after_fit", "false"]) == 0
+    # the same genes in another order: another genome hash
+    lines = toy["genes"].read_text().splitlines()
+    shuffled = tmp_path / "shuffled.tsv"
+    shuffled.write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")
+    other = PerturbationData.load(toy["dataset"])
+    genome = Genome.from_tsv(shuffled)
+    other.genome_hash = genome.hash
+    other.save(tmp_path / "other.h5")
+    code = cli_main(["test", "--config", str(cfg), "--data.dataset", str(tmp_path / "other.h5"), "--data.genome",
+                     str(shuffled), "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt")])  # fmt: skip
+    assert code == 2
+    assert "same genes in another order" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- graph information for every gene
+def test_unseen_genes_use_the_unknown_identity_and_their_graph_context():
+    m = model(identity_dropout=0.0, structural_dim=0).eval()
+    data = PerturbationData(genes=[f"G{i}" for i in range(N)], offsets=np.array([0, 1, 3]),
+                            gene_index=np.array([0, 1, 2], np.int32), types=np.ones(3, np.int8),
+                            phenotypes=np.zeros((2, 1), np.float32), phenotype_names=["fitness"])  # fmt: skip
+    m.fit_records(data, np.array([0, 1]))
+    assert m.seen[:3].all() and not m.seen[3:].any()
+    ident = m.identities()
+    assert torch.equal(ident[0], m.gene_embed.weight[0])
+    assert torch.equal(ident[5], m.unknown_gene)  # never trained: never used
+    # gene 5's token depends on its neighbours' identities (genes 0..7 form a clique) …
+    before = m.embed([])[0][0, 1 + 5].clone()
+    with torch.no_grad():
+        m.gene_embed.weight[1] += 1.0
+    assert (m.embed([])[0][0, 1 + 5] - before).abs().max() > 1e-4
+    # … and not on its own (unused) identity vector
+    before = m.embed([])[0][0, 1 + 5].clone()
+    with torch.no_grad():
+        m.gene_embed.weight[5] += 1.0
+    assert torch.equal(m.embed([])[0][0, 1 + 5], before)
+
+
+def test_identity_dropout_only_in_training_and_off_the_global_rng():
+    m = model(identity_dropout=0.5, mask_unseen=False)
+    torch.manual_seed(0)
+    expected = torch.rand(2)
+    torch.manual_seed(0)
+    m.train()
+    dropped = (m.identities() == m.unknown_gene).all(-1).float().mean()
+    assert torch.equal(torch.rand(2), expected)
+    assert 0.2 < float(dropped) < 0.8
+    m.eval()
+    assert not (m.identities() == m.unknown_gene).all(-1).any()
+
+
+def test_structural_encoding_is_deterministic_and_saved():
+    a, b = model(), model()
+    assert a.structure.shape == (N, 16) and torch.equal(a.structure, b.structure)
+    assert "structure" in a.state_dict()
+    # genes of one clique share their leading eigenvector coordinates
+    s = a.structure.numpy()
+    within = np.abs(s[0] - s[1]).sum()
+    across = np.abs(s[0] - s[8]).sum()
+    assert within < across
+
+
+def test_graph_inputs_none_and_unknown():
+    assert len(model(graph_inputs=[], structural_dim=0).hop_proj) == 0
+    with pytest.raises(UserError, match="unknown graph in graph_inputs 'clique'.*did you mean cliques"):
+        model(graph_inputs=["clique"])
+
+
+def test_kl_ties_in_several_layers_reach_each_layer():
+    m = model(graph_reg={"cliques": {"layer": [0, 1], "head": 1, "rows": None}}, identity_dropout=0.0)
+    loss = m.graph_loss("cliques")
+    loss.backward()
+    for layer in (0, 1):
+        q_rows, _ = m.blocks[layer].attn.head_slices(1)
+        assert m.blocks[layer].attn.qkv.weight.grad[q_rows].abs().sum() > 0
+    assert m.hparams_dict["graph_reg"]["cliques"]["layer"] == [0, 1]
+
+
+def test_transpose_ties_targets_to_their_regulators():
+    genome = Genome([f"G{i}" for i in range(N)])
+    star = GeneGraph.from_edges("reg", N, np.zeros(10, np.int64), np.arange(1, 11), directed=True)  # TF 0 -> 1..10
+    graphs = GraphSet([star], genome.hash)
+    plain = build_model("cellformer", genome, graphs, ["fitness"], d_model=16, n_layers=1, n_heads=2,
+                        graph_reg={"reg": {"layer": 0, "head": 0}})  # fmt: skip
+    tr = build_model("cellformer", genome, graphs, ["fitness"], d_model=16, n_layers=1, n_heads=2,
+                     graph_reg={"reg": {"layer": 0, "head": 0, "transpose": True}})  # fmt: skip
+    assert plain.valid_rows("reg").tolist() == [0]
+    assert tr.valid_rows("reg").tolist() == list(range(1, 11))
+
+
+def test_pairwise_summary_is_symmetric_and_zero_for_singletons():
+    m = model().eval()
+    batch = collate_perturbations([(0, np.array([1, 9]), np.array([1, 1]), np.zeros(1, np.float32)),
+                                   (1, np.array([9, 1]), np.array([1, 1]), np.zeros(1, np.float32)),
+                                   (2, np.array([3]), np.array([1]), np.zeros(1, np.float32))], N)  # fmt: skip
+    with torch.no_grad():
+        pred = m(batch).pred
+        x = torch.randn(3, 4)
+        pair = m.head.pairwise(x, torch.tensor([0, 0, 1]), 2)
+    assert torch.allclose(pred[0], pred[1], atol=1e-6)
+    assert torch.allclose(pair[0], x[0] * x[1]) and torch.equal(pair[1], torch.zeros(4))
