@@ -16,6 +16,7 @@ MODELS: dict[str, str] = {
     "lazy": "cellformer.models.baselines.lazy:LazySubgraph",
     "neighbor": "cellformer.models.baselines.neighbor:NeighborSubgraph",
     "additive": "cellformer.models.baselines.additive:Additive",
+    "graph_smoothing": "cellformer.models.baselines.graph_smoothing:GraphSmoothing",
 }
 
 

@@ -13,7 +13,9 @@ depends on the phenotype's kind:
 * ``additive`` (anything else): ``b_p + sum_{i in S} a_ip``.
 
 Everything is a parameter trained by the same loss as the other models; the kinds can be
-overridden by name with ``kinds={"my_pheno": "multiplicative"}``.
+overridden by name with ``kinds={"my_pheno": "multiplicative"}``. Multiplicative phenotypes are
+computed in original units (a product of fitnesses is not a product of standardised scores); the
+other kinds are computed in standardised units and unscaled.
 """
 
 from __future__ import annotations
@@ -88,5 +90,7 @@ class Additive(PhenotypeModel):
         summed = torch.zeros(bsz, p, device=self.bias.device, dtype=effects.dtype).index_add_(0, batch.batch, effects)
         summed = summed * self.uses_genes
         linear = self.bias + summed
-        pred = torch.where(self.multiplicative, torch.exp(linear.clamp(max=self.max_log)), linear)
-        return ModelOutput(pred=self.unscale(pred))
+        # a product of fitnesses lives in original units (exp(0) = 1 is the wild type); the other kinds are
+        # fitted in standardised units like every model
+        pred = torch.where(self.multiplicative, torch.exp(linear.clamp(max=self.max_log)), self.unscale(linear))
+        return ModelOutput(pred=pred)

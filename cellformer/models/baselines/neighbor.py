@@ -14,27 +14,20 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch_geometric.utils import coalesce
 
 from cellformer.data.dataset import PerturbationBatch
 from cellformer.genome import Genome
 from cellformer.graphs import GraphSet
 from cellformer.models.base import ModelOutput, PhenotypeModel
-from cellformer.models.baselines.lazy import GraphEncoder, check_base_genes, mean_adjacency, membership, sorted_csr
-
-
-def undirected_union(graphs: GraphSet, num_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unique undirected edges of the union (both directions), sorted by (row, col), with multiplicity.
-
-    The multiplicity counts in how many graphs (and directions, for directed graphs) a pair occurs.
-    """
-    if len(graphs) == 0:
-        return torch.zeros(2, 0, dtype=torch.long), torch.zeros(0)
-    ei, _ = graphs.union_edge_index()
-    both = torch.cat([ei, ei.flip(0)], dim=1)
-    w = torch.ones(both.shape[1])
-    both, w = coalesce(both, w, num_nodes=num_nodes, reduce="sum")  # sorted by (row, col)
-    return both, w / 2.0
+from cellformer.models.baselines.gnn import (
+    GraphEncoder,
+    check_base_genes,
+    mean_adjacency,
+    membership,
+    resolve_hparams,
+    sorted_csr,
+    undirected_union,
+)
 
 
 class NeighborSubgraph(PhenotypeModel):
@@ -45,8 +38,8 @@ class NeighborSubgraph(PhenotypeModel):
         graphs: graphs whose undirected union defines the neighbourhoods and the message passing.
         phenotype_names: output columns.
         hops: neighbourhood radius k (1, 2 or 3 in the benchmarks; any k >= 0 works).
-        d: embedding / hidden width.
-        num_layers: GNN layers.
+        d_model: embedding / hidden width (formerly ``d``).
+        n_layers: GNN layers (formerly ``num_layers``).
         dropout: dropout in the output MLP.
     """
 
@@ -56,22 +49,26 @@ class NeighborSubgraph(PhenotypeModel):
         graphs: GraphSet,
         phenotype_names: list[str],
         hops: int = 1,
-        d: int = 64,
-        num_layers: int = 2,
+        d_model: int = 64,
+        n_layers: int = 2,
         dropout: float = 0.0,
+        **legacy,
     ):
         super().__init__()
         if hops < 0:
             raise ValueError(f"hops must be >= 0, got {hops}")
+        given = {"hops": hops, "d_model": d_model, "n_layers": n_layers, "dropout": dropout}
+        hp = resolve_hparams("neighbor", given, legacy)
+        d, n_layers, dropout = hp["d_model"], hp["n_layers"], hp["dropout"]
         self.phenotype_names = list(phenotype_names)
-        self.hparams_dict = {"hops": hops, "d": d, "num_layers": num_layers, "dropout": dropout}
+        self.hparams_dict = hp
         self.hops = hops
         self.num_genes = len(genome)
         self.id_embedding = nn.Embedding(self.num_genes, d)
         self.flag_embedding = nn.Embedding(2, d)
         nn.init.normal_(self.id_embedding.weight, std=0.1)
         nn.init.normal_(self.flag_embedding.weight, std=0.1)
-        self.encoder = GraphEncoder(d, num_layers)
+        self.encoder = GraphEncoder(d, n_layers)
         self.head = nn.Sequential(
             nn.Linear(2 * d, d), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d, len(self.phenotype_names))
         )
