@@ -1,0 +1,574 @@
+"""Genotype → phenotype models: every one maps genotypes ``x`` (B, L) in {-1, 0, +1} to phenotypes (B, P).
+
+Reading order:
+
+1. :class:`GenotypeModel` -- the interface (``forward(x) -> (B, P)``; ``forward_with_losses`` adds
+   auxiliary loss terms; ``closed_form`` models are solved by ``fit_closed_form`` instead of SGD).
+2. Linear baselines solved in closed form on the training split: :class:`Ridge` (primal or kernel form,
+   λ per phenotype on validation or by k-fold CV) and :class:`Lasso` (FISTA over a λ path).
+3. :class:`MLP` -- two hidden layers, each followed by BatchNorm and LeakyReLU.
+4. Attention models from the literature, from least to most standard:
+   :class:`RijalAttention` (fixed random locus vectors, a ones column, attention only, a phenotype token),
+   :class:`CanonicalTransformer` (learned locus embedding × allele sign, attention with Q/K/V bias,
+   mean-pool, joint linear head), :class:`VanillaTransformer` (the same tokens through pre-LN blocks with
+   skip connections and a ReLU FFN) and :class:`FarielloTransformer` (per-position linear embedding,
+   a stock post-LN encoder, an output FFN).
+5. :class:`LocusCellFormer` -- the project's model on loci: locus tokens plus a CLS readout through the
+   CellFormer :class:`~cellformer.models.cellformer.Block`, with chosen heads KL-tied to locus graphs by
+   the regulariser of :mod:`cellformer.models.graph_reg`.
+
+Targets are standardised per phenotype by the training module; models see and predict standardised
+values. ``MODELS`` maps a registry name to its class.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cellformer.graphs.graph import GeneGraph
+from cellformer.models.cellformer import Block
+from cellformer.models.graph_reg import (
+    GraphRegConfig,
+    head_log_attention,
+    normalized_adjacency,
+    parse_graph_reg,
+    row_kl,
+    sample_rows,
+)
+
+
+# ---------------------------------------------------------------------- interface
+class GenotypeModel(nn.Module):
+    """Base class: ``forward(x (B, L)) -> (B, P)`` standardised phenotypes.
+
+    Attributes:
+        closed_form: True when the model is solved by :meth:`fit_closed_form` (no gradient steps).
+        hparams_dict: the constructor's hyper-parameters (JSON-able), stored in checkpoints.
+    """
+
+    closed_form: bool = False
+    hparams_dict: dict
+
+    def __init__(self, n_loci: int, n_phenotypes: int):
+        super().__init__()
+        self.n_loci, self.n_phenotypes = int(n_loci), int(n_phenotypes)
+
+    def forward_with_losses(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Predictions and auxiliary loss terms (already weighted); none by default."""
+        return self(x), {}
+
+    def fit_closed_form(
+        self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray | None = None, y_val: np.ndarray | None = None
+    ) -> dict:
+        """Solve the model on training rows (closed-form models only); returns a summary dict."""
+        raise NotImplementedError(f"{type(self).__name__} is trained by gradient descent")
+
+
+def _init_linear(module: nn.Module, std: float = 0.02) -> None:
+    """GPT-style init: N(0, std) weights, zero biases (used by the transformer models)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+# ---------------------------------------------------------------------- linear models
+def _mask_groups(y: np.ndarray) -> list[tuple[np.ndarray, list[int]]]:
+    """Group phenotype columns that are measured on exactly the same rows: [(row mask, columns)]."""
+    groups: dict[bytes, tuple[np.ndarray, list[int]]] = {}
+    for p in range(y.shape[1]):
+        m = ~np.isnan(y[:, p])
+        groups.setdefault(m.tobytes(), (m, []))[1].append(p)
+    return list(groups.values())
+
+
+def _ridge_solver(x: np.ndarray, y: np.ndarray):
+    """A function ``λ -> (W (L, k), b (k,))`` for centred ridge on ``x`` (n, L), ``y`` (n, k), float64.
+
+    One eigendecomposition serves every λ: of ``XᵀX`` (L × L, primal form) when n ≥ L, of the kernel
+    ``XXᵀ`` (n × n, dual form, ``W = Xᵀ(XXᵀ + λI)⁻¹y``) when L > n. Intercepts are unpenalised.
+    """
+    mu_x, mu_y = x.mean(0), y.mean(0)
+    xc, yc = x - mu_x, y - mu_y
+    n, L = xc.shape
+    if n >= L:
+        evals, evecs = np.linalg.eigh(xc.T @ xc)
+        proj = evecs.T @ (xc.T @ yc)  # (L, k)
+
+        def solve(lam: float):
+            w = evecs @ (proj / (np.maximum(evals, 0) + lam)[:, None])
+            return w, mu_y - mu_x @ w
+
+    else:
+        evals, evecs = np.linalg.eigh(xc @ xc.T)
+        proj = evecs.T @ yc  # (n, k)
+
+        def solve(lam: float):
+            alpha = evecs @ (proj / (np.maximum(evals, 0) + lam)[:, None])
+            w = xc.T @ alpha
+            return w, mu_y - mu_x @ w
+
+    return solve
+
+
+def _kfold(n: int, k: int, seed: int) -> list[np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    return [np.sort(f) for f in np.array_split(perm, k)]
+
+
+class Ridge(GenotypeModel):
+    """Ridge regression ``ŷ = xW + b`` solved in closed form, one λ per phenotype.
+
+    λ is picked from ``lambdas`` (default: ``mean eigenvalue of XᵀX × 10^[-4 … 2]``, 19 values) by
+    validation MSE when validation rows are given, else by ``cv_folds``-fold cross-validation on the
+    training rows. Each phenotype is fitted on the rows where it is measured (columns measured on the
+    same rows share one decomposition). The kernel form is used when there are more loci than rows.
+
+    Args:
+        lambdas: absolute penalties to try (None = the relative default grid).
+        cv_folds: folds when there is no validation split.
+        seed: fold assignment.
+    """
+
+    closed_form = True
+
+    def __init__(self, n_loci: int, n_phenotypes: int, lambdas: list[float] | None = None, cv_folds: int = 5,
+                 seed: int = 0):
+        super().__init__(n_loci, n_phenotypes)
+        self.hparams_dict = {"lambdas": lambdas, "cv_folds": cv_folds, "seed": seed}
+        self.lambdas, self.cv_folds, self.seed = lambdas, int(cv_folds), int(seed)
+        self.register_buffer("weight", torch.zeros(n_phenotypes, n_loci))
+        self.register_buffer("bias", torch.zeros(n_phenotypes))
+        self.register_buffer("lam", torch.full((n_phenotypes,), float("nan")))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def coefficients(self) -> np.ndarray:
+        """(P, L) effect of each locus on each (standardised) phenotype."""
+        return self.weight.detach().cpu().numpy()
+
+    def _grid(self, x: np.ndarray) -> np.ndarray:
+        if self.lambdas is not None:
+            return np.asarray(self.lambdas, dtype=np.float64)
+        scale = max(float(((x - x.mean(0)) ** 2).sum()) / x.shape[1], 1e-12)  # mean eigenvalue of XcᵀXc
+        return scale * np.logspace(-4, 2, 19)
+
+    def fit_closed_form(self, x, y, x_val=None, y_val=None) -> dict:
+        x = np.asarray(x, np.float64)
+        y = np.asarray(y, np.float64)
+        use_val = x_val is not None and y_val is not None and len(x_val) > 0
+        W = np.zeros((self.n_phenotypes, self.n_loci))
+        b = np.zeros(self.n_phenotypes)
+        lam = np.full(self.n_phenotypes, np.nan)
+        for mask, cols in _mask_groups(y):
+            xm, ym = x[mask], y[mask][:, cols]
+            if len(xm) < 2:
+                continue
+            grid = self._grid(xm)
+            err = np.zeros((len(grid), len(cols)))
+            if use_val:
+                xv = np.asarray(x_val, np.float64)
+                yv = np.asarray(y_val, np.float64)[:, cols]
+                solve = _ridge_solver(xm, ym)
+                for g, lm in enumerate(grid):
+                    w, bb = solve(lm)
+                    err[g] = np.nanmean((xv @ w + bb - yv) ** 2, axis=0) if np.isfinite(yv).any() else 0.0
+            else:
+                folds = _kfold(len(xm), min(self.cv_folds, len(xm)), self.seed)
+                for f in folds:
+                    tr = np.setdiff1d(np.arange(len(xm)), f)
+                    solve = _ridge_solver(xm[tr], ym[tr])
+                    for g, lm in enumerate(grid):
+                        w, bb = solve(lm)
+                        err[g] += ((xm[f] @ w + bb - ym[f]) ** 2).sum(0)
+            err = np.nan_to_num(err, nan=np.inf)
+            best = err.argmin(0)
+            solve = _ridge_solver(xm, ym)
+            for g in np.unique(best):
+                w, bb = solve(grid[g])
+                sel = np.flatnonzero(best == g)
+                for s in sel:
+                    W[cols[s]], b[cols[s]], lam[cols[s]] = w[:, s], bb[s], grid[g]
+        self.weight.copy_(torch.as_tensor(W, dtype=self.weight.dtype))
+        self.bias.copy_(torch.as_tensor(b, dtype=self.bias.dtype))
+        self.lam.copy_(torch.as_tensor(lam, dtype=self.lam.dtype))
+        return {"lambda": lam.tolist(), "selection": "validation" if use_val else f"{self.cv_folds}-fold CV"}
+
+
+class Lasso(GenotypeModel):
+    """L1-penalised linear model ``min (1/2n)‖y − xw − b‖² + λ‖w‖₁`` per phenotype, by FISTA.
+
+    The path runs from ``λ_max`` (all-zero weights) down to ``λ_max · min_ratio`` over ``n_lambdas``
+    values with warm starts, vectorised over phenotypes (Gram form ``XᵀX/n``); λ per phenotype is chosen
+    by validation MSE (or ``cv_folds``-fold CV without validation rows). :meth:`selected_loci` lists the
+    loci with non-zero weight.
+    """
+
+    closed_form = True
+
+    def __init__(self, n_loci: int, n_phenotypes: int, n_lambdas: int = 20, min_ratio: float = 1e-3,
+                 max_iter: int = 500, tol: float = 1e-6, cv_folds: int = 5, seed: int = 0):
+        super().__init__(n_loci, n_phenotypes)
+        self.hparams_dict = {"n_lambdas": n_lambdas, "min_ratio": min_ratio, "max_iter": max_iter, "tol": tol,
+                             "cv_folds": cv_folds, "seed": seed}
+        self.n_lambdas, self.min_ratio, self.max_iter, self.tol = int(n_lambdas), float(min_ratio), int(max_iter), tol
+        self.cv_folds, self.seed = int(cv_folds), int(seed)
+        self.register_buffer("weight", torch.zeros(n_phenotypes, n_loci))
+        self.register_buffer("bias", torch.zeros(n_phenotypes))
+        self.register_buffer("lam", torch.full((n_phenotypes,), float("nan")))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def coefficients(self) -> np.ndarray:
+        return self.weight.detach().cpu().numpy()
+
+    def selected_loci(self, phenotype: int | None = None) -> np.ndarray:
+        """Indices of loci with a non-zero weight (for one phenotype, or for any)."""
+        w = self.coefficients()
+        nz = w[phenotype] != 0 if phenotype is not None else (w != 0).any(0)
+        return np.flatnonzero(nz)
+
+    def _path(self, x: np.ndarray, y: np.ndarray, ratios: np.ndarray):
+        """Weights (R, L, k) and intercepts (R, k) along the λ path (λ_r = λ_max · ratio_r per column)."""
+        n = len(x)
+        mu_x, mu_y = x.mean(0), y.mean(0)
+        xc, yc = x - mu_x, y - mu_y
+        gram, corr = xc.T @ xc / n, xc.T @ yc / n  # (L, L), (L, k)
+        lam_max = np.abs(corr).max(0) + 1e-12  # (k,)
+        step = 1.0 / max(float(np.linalg.eigvalsh(gram)[-1]), 1e-12)
+        w = np.zeros_like(corr)
+        ws, bs = [], []
+        for r in ratios:
+            lam = lam_max * r
+            z, t = w.copy(), 1.0
+            for _ in range(self.max_iter):  # FISTA
+                w_new = z - step * (gram @ z - corr)
+                w_new = np.sign(w_new) * np.maximum(np.abs(w_new) - step * lam, 0.0)
+                t_new = (1 + math.sqrt(1 + 4 * t * t)) / 2
+                z = w_new + ((t - 1) / t_new) * (w_new - w)
+                delta = np.abs(w_new - w).max()
+                w, t = w_new, t_new
+                if delta < self.tol:
+                    break
+            ws.append(w.copy())
+            bs.append(mu_y - mu_x @ w)
+        return np.stack(ws), np.stack(bs), lam_max
+
+    def fit_closed_form(self, x, y, x_val=None, y_val=None) -> dict:
+        x = np.asarray(x, np.float64)
+        y = np.asarray(y, np.float64)
+        use_val = x_val is not None and y_val is not None and len(x_val) > 0
+        ratios = np.logspace(0, math.log10(self.min_ratio), self.n_lambdas)
+        W = np.zeros((self.n_phenotypes, self.n_loci))
+        b = np.zeros(self.n_phenotypes)
+        lam = np.full(self.n_phenotypes, np.nan)
+        for mask, cols in _mask_groups(y):
+            xm, ym = x[mask], y[mask][:, cols]
+            if len(xm) < 2:
+                continue
+            err = np.zeros((len(ratios), len(cols)))
+            if use_val:
+                xv, yv = np.asarray(x_val, np.float64), np.asarray(y_val, np.float64)[:, cols]
+                ws, bs, lam_max = self._path(xm, ym, ratios)
+                for r in range(len(ratios)):
+                    err[r] = np.nanmean((xv @ ws[r] + bs[r] - yv) ** 2, axis=0) if np.isfinite(yv).any() else 0.0
+            else:
+                for f in _kfold(len(xm), min(self.cv_folds, len(xm)), self.seed):
+                    tr = np.setdiff1d(np.arange(len(xm)), f)
+                    fw, fb, _ = self._path(xm[tr], ym[tr], ratios)
+                    for r in range(len(ratios)):
+                        err[r] += ((xm[f] @ fw[r] + fb[r] - ym[f]) ** 2).sum(0)
+                ws, bs, lam_max = self._path(xm, ym, ratios)
+            best = np.nan_to_num(err, nan=np.inf).argmin(0)
+            for s, c in enumerate(cols):
+                W[c], b[c], lam[c] = ws[best[s], :, s], bs[best[s], s], lam_max[s] * ratios[best[s]]
+        self.weight.copy_(torch.as_tensor(W, dtype=self.weight.dtype))
+        self.bias.copy_(torch.as_tensor(b, dtype=self.bias.dtype))
+        self.lam.copy_(torch.as_tensor(lam, dtype=self.lam.dtype))
+        return {"lambda": lam.tolist(), "selected_loci": int(len(self.selected_loci()))}
+
+
+# ---------------------------------------------------------------------- MLP
+class MLP(GenotypeModel):
+    """Two hidden layers, each ``Linear → BatchNorm → LeakyReLU``, then one output per phenotype.
+
+    Args:
+        d_hidden: width of both hidden layers (4,096 in the published scaling study).
+        dropout: after each activation (0 as published).
+        negative_slope: of the LeakyReLU (0.01).
+        bn_momentum: PyTorch BatchNorm momentum (0.2 = Keras-style momentum 0.8 as published).
+    """
+
+    def __init__(self, n_loci: int, n_phenotypes: int, d_hidden: int = 4096, dropout: float = 0.0,
+                 negative_slope: float = 0.01, bn_momentum: float = 0.2):
+        super().__init__(n_loci, n_phenotypes)
+        self.hparams_dict = {"d_hidden": d_hidden, "dropout": dropout, "negative_slope": negative_slope,
+                             "bn_momentum": bn_momentum}
+        layers: list[nn.Module] = []
+        width = n_loci
+        for _ in range(2):
+            layers += [nn.Linear(width, d_hidden), nn.BatchNorm1d(d_hidden, momentum=bn_momentum),
+                       nn.LeakyReLU(negative_slope), nn.Dropout(dropout)]
+            width = d_hidden
+        layers.append(nn.Linear(width, n_phenotypes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+# ---------------------------------------------------------------------- attention models
+class PlainAttention(nn.Module):
+    """Single-head attention only: ``softmax(Q Kᵀ · scale) V`` -- no skip, no LayerNorm, no FFN.
+
+    ``scale=None`` leaves the logits unscaled (the Rijal and canonical designs); Q/K/V have a bias
+    only when ``bias`` (the canonical design; Rijal's tokens carry a ones column instead).
+    """
+
+    def __init__(self, d_in: int, d_out: int, bias: bool, scale: float | None = None):
+        super().__init__()
+        self.q, self.k, self.v = (nn.Linear(d_in, d_out, bias=bias) for _ in range(3))
+        self.scale = 1.0 if scale is None else scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(self.q(x), self.k(x), self.v(x), scale=self.scale)
+
+
+class RijalAttention(GenotypeModel):
+    """The Rijal et al. attention model: one scalar per (genotype, phenotype) pair.
+
+    Token of locus i: ``[x_i · R_i, 1]`` where ``R`` (L, d_model) is a *fixed* random matrix (a buffer,
+    never trained) and the trailing 1 is the concatenated column of ones (it plays the role of a bias).
+    A phenotype is one more input token ``[e_p, 1]`` (``e_p`` learned). ``n_layers`` plain attention layers
+    (:class:`PlainAttention`, unscaled, no skip, LayerNorm or FFN) map the L + 1 tokens; the output for
+    phenotype p is a learned linear readout of the phenotype token's final state. Every phenotype is a
+    separate pass, so the cost is P times that of one sequence.
+    """
+
+    def __init__(self, n_loci: int, n_phenotypes: int, d_model: int = 12, n_layers: int = 3, seed: int = 0):
+        super().__init__(n_loci, n_phenotypes)
+        self.hparams_dict = {"d_model": d_model, "n_layers": n_layers, "seed": seed}
+        gen = torch.Generator().manual_seed(seed)
+        self.register_buffer("random_embedding", torch.randn(n_loci, d_model, generator=gen) / math.sqrt(d_model))
+        self.phenotype_embed = nn.Embedding(n_phenotypes, d_model)
+        width = d_model + 1
+        self.layers = nn.ModuleList([PlainAttention(width, width, bias=False) for _ in range(n_layers)])
+        self.readout = nn.Linear(width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, P = x.shape[0], self.n_phenotypes
+        loci = x[..., None] * self.random_embedding  # (B, L, d)
+        pheno = self.phenotype_embed.weight  # (P, d)
+        seq = torch.cat([loci[:, None].expand(B, P, -1, -1), pheno[None, :, None].expand(B, P, 1, -1)], dim=2)
+        seq = torch.cat([seq, seq.new_ones(*seq.shape[:-1], 1)], dim=-1).flatten(0, 1)  # (B·P, L+1, d+1)
+        for layer in self.layers:
+            seq = layer(seq)
+        return self.readout(seq[:, -1]).view(B, P)
+
+
+class SignEmbedding(nn.Module):
+    """Token of locus i = ``E_i · x_i``: a learned ``Embedding(L, D)`` row times the allele sign (0 = missing)."""
+
+    def __init__(self, n_loci: int, d_model: int):
+        super().__init__()
+        self.embed = nn.Embedding(n_loci, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., None] * self.embed.weight
+
+
+class CanonicalTransformer(GenotypeModel):
+    """The canonical replacement of the Rijal model: learned sign tokens, attention with Q/K/V bias,
+    mean-pool and ``Linear(D, P)`` predicting every phenotype jointly (no skip, LayerNorm or FFN).
+    """
+
+    def __init__(self, n_loci: int, n_phenotypes: int, d_model: int = 128, n_layers: int = 3):
+        super().__init__(n_loci, n_phenotypes)
+        self.hparams_dict = {"d_model": d_model, "n_layers": n_layers}
+        self.tokens = SignEmbedding(n_loci, d_model)
+        self.layers = nn.ModuleList([PlainAttention(d_model, d_model, bias=True) for _ in range(n_layers)])
+        self.head = nn.Linear(d_model, n_phenotypes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.tokens(x)
+        for layer in self.layers:
+            h = layer(h)
+        return self.head(h.mean(1))
+
+
+class VanillaTransformer(GenotypeModel):
+    """The same sign tokens through standard pre-LN encoder blocks (skip connections, scaled multi-head
+    attention, ReLU FFN, dropout; no positional encoding), mean-pool, LayerNorm and a joint linear head.
+    """
+
+    def __init__(self, n_loci: int, n_phenotypes: int, d_model: int = 256, n_layers: int = 3, n_heads: int = 4,
+                 d_ff: int = 1024, dropout: float = 0.1):
+        super().__init__(n_loci, n_phenotypes)
+        self.hparams_dict = {"d_model": d_model, "n_layers": n_layers, "n_heads": n_heads, "d_ff": d_ff,
+                             "dropout": dropout}
+        self.tokens = SignEmbedding(n_loci, d_model)
+        layer = nn.TransformerEncoderLayer(d_model, n_heads, d_ff, dropout, activation="relu", batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, n_phenotypes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.encoder(self.tokens(x)).mean(1)))
+
+
+class FarielloTransformer(GenotypeModel):
+    """Fariello et al.: a linear embedding of the genotype vector to ``d_model`` per position
+    (``token_i = x_i · W_i + b_i``, position-specific so no positional encoding is needed), a stock
+    post-LN ``nn.TransformerEncoder`` and an output FFN on the mean-pooled tokens.
+    """
+
+    def __init__(self, n_loci: int, n_phenotypes: int, d_model: int = 64, n_layers: int = 2, n_heads: int = 4,
+                 d_ff: int = 256, dropout: float = 0.1):
+        super().__init__(n_loci, n_phenotypes)
+        self.hparams_dict = {"d_model": d_model, "n_layers": n_layers, "n_heads": n_heads, "d_ff": d_ff,
+                             "dropout": dropout}
+        self.embed_weight = nn.Parameter(torch.empty(n_loci, d_model))
+        self.embed_bias = nn.Parameter(torch.zeros(n_loci, d_model))
+        nn.init.xavier_uniform_(self.embed_weight)
+        layer = nn.TransformerEncoderLayer(d_model, n_heads, d_ff, dropout, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.head = nn.Sequential(
+            nn.Linear(d_model, d_ff), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d_ff, n_phenotypes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x[..., None] * self.embed_weight + self.embed_bias
+        return self.head(self.encoder(tokens).mean(1))
+
+
+# ---------------------------------------------------------------------- the locus CellFormer
+class LocusCellFormer(GenotypeModel):
+    """CellFormer on loci: locus tokens + CLS through pre-LN :class:`Block` s, CLS → ``Linear(D, P)``.
+
+    Tokens: ``token="sign"`` gives ``E_i · x_i`` (learned locus embedding times the allele sign);
+    ``token="allele"`` gives ``E_i + A[x_i]`` (a learned embedding of the allele state -1/0/+1).
+
+    Graph tie: ``graph_reg = {graph name: {layer, head, weight λ, rows}}`` adds, for each tied head,
+    ``λ · mean_i KL(Ã_i ‖ α_i)`` over ``rows`` sampled valid locus rows ``i`` of the graph, where ``α_i``
+    is the head's attention from locus i over the locus keys (CLS excluded, renormalised). Unlike the
+    perturbation encoder, which runs once on one wild type, every sample here is its own sequence; the
+    term is the mean of the per-sample KL over the first ``graph_samples`` samples of the (shuffled)
+    training batch, computed on the same pass that makes the predictions (the LayerNorm'd layer input).
+    The rows and samples are drawn from the global torch RNG.
+
+    Args:
+        graphs: locus graphs by name (``GeneGraph`` over the L loci); only those in ``graph_reg`` are used.
+        d_model, n_layers, n_heads, d_ff (default 4·d_model), dropout: transformer size.
+    """
+
+    def __init__(self, n_loci: int, n_phenotypes: int, graphs: Mapping[str, GeneGraph] | None = None,
+                 d_model: int = 64, n_layers: int = 2, n_heads: int = 4, d_ff: int | None = None,
+                 dropout: float = 0.0, token: str = "sign", graph_reg: dict[str, dict] | None = None,
+                 graph_samples: int = 8):
+        super().__init__(n_loci, n_phenotypes)
+        if token not in {"sign", "allele"}:
+            raise ValueError(f"token must be 'sign' or 'allele', got {token!r}")
+        graphs = dict(graphs or {})
+        self.graph_reg: dict[str, GraphRegConfig] = parse_graph_reg(graph_reg, list(graphs), n_layers, n_heads)
+        self.hparams_dict = {"d_model": d_model, "n_layers": n_layers, "n_heads": n_heads, "d_ff": d_ff,
+                             "dropout": dropout, "token": token,
+                             "graph_reg": {k: c.to_dict() for k, c in self.graph_reg.items()},
+                             "graph_samples": graph_samples}
+        self.token, self.graph_samples = token, int(graph_samples)
+        self.locus_embed = nn.Embedding(n_loci, d_model)
+        if token == "allele":
+            self.allele_embed = nn.Embedding(3, d_model)
+        self.cls_token = nn.Parameter(torch.zeros(d_model))
+        self.blocks = nn.ModuleList([Block(d_model, n_heads, d_ff or 4 * d_model, dropout) for _ in range(n_layers)])
+        self.norm_f = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, n_phenotypes)
+        _init_linear(self)
+        nn.init.normal_(self.locus_embed.weight, std=1.0)  # unit-scale identities (see CellFormer)
+        nn.init.normal_(self.cls_token, std=0.02)
+        no_added = np.zeros(n_loci, dtype=bool)
+        self._graph_names = list(self.graph_reg)
+        for k, name in enumerate(self._graph_names):  # CSR Ã + valid rows, moved by .to(device)
+            adjacency = normalized_adjacency(graphs[name], no_added, transpose=self.graph_reg[name].transpose)
+            for part, t in adjacency.items():
+                self.register_buffer(f"graph{k}_{part}", t, persistent=False)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, 1 + L, D): CLS first."""
+        if self.token == "sign":
+            loci = x[..., None] * self.locus_embed.weight
+        else:
+            loci = self.locus_embed.weight + self.allele_embed((x.round().long() + 1).clamp(0, 2))
+        return torch.cat([self.cls_token.expand(x.shape[0], 1, -1), loci], dim=1)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Final stream (B, 1 + L, D) after the last LayerNorm, and each block's LN'd input."""
+        h = self.embed(x)
+        inputs = []
+        for block in self.blocks:
+            h, ln = block(h)
+            inputs.append(ln)
+        return self.norm_f(h), inputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encode(x)[0][:, 0])
+
+    def forward_with_losses(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        h, inputs = self.encode(x)
+        losses = {f"graph/{name}": self.graph_loss(name, inputs) for name in self._graph_names}
+        return self.head(h[:, 0]), losses
+
+    def graph_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        k = self._graph_names.index(name)
+        return {p: getattr(self, f"graph{k}_{p}") for p in ("crow", "col", "val", "valid")}
+
+    def graph_loss(self, name: str, layer_inputs: list[torch.Tensor], rows: torch.Tensor | None = None,
+                   samples: int | None = None) -> torch.Tensor:
+        """``λ · mean_{samples} mean_{rows} KL(Ã_i ‖ α_i)`` of graph ``name`` from a pass's layer inputs."""
+        cfg = self.graph_reg[name]
+        g = self.graph_tensors(name)
+        rows = sample_rows(g["valid"], cfg.rows) if rows is None else rows
+        if rows.numel() == 0:
+            return layer_inputs[0].new_zeros(()).float()
+        kls = []
+        for layer in cfg.layers:  # mean over the tied layers and the first `graph_samples` samples
+            x, attn = layer_inputs[layer], self.blocks[layer].attn
+            for s in range(min(samples or self.graph_samples, x.shape[0])):
+                log_alpha = head_log_attention(x[s], attn, cfg.head, rows)
+                kls.append(row_kl(log_alpha, rows, g["crow"], g["col"], g["val"]).mean())
+        return cfg.weight * torch.stack(kls).mean()
+
+
+#: registry name -> model class
+MODELS: dict[str, type[GenotypeModel]] = {
+    "ridge": Ridge,
+    "lasso": Lasso,
+    "mlp": MLP,
+    "rijal_attention": RijalAttention,
+    "canonical_transformer": CanonicalTransformer,
+    "vanilla_transformer": VanillaTransformer,
+    "fariello_transformer": FarielloTransformer,
+    "cellformer": LocusCellFormer,
+}
+
+
+def build_genotype_model(name: str, n_loci: int, n_phenotypes: int,
+                         graphs: Mapping[str, GeneGraph] | None = None, **hparams) -> GenotypeModel:
+    """Instantiate registered model ``name``; ``graphs`` (locus graphs) go to models that take them."""
+    from cellformer.errors import unknown_name_error
+
+    if name not in MODELS:
+        raise unknown_name_error("genotype model", name, MODELS)
+    cls = MODELS[name]
+    if cls is LocusCellFormer:
+        return cls(n_loci, n_phenotypes, graphs=graphs, **hparams)
+    return cls(n_loci, n_phenotypes, **hparams)
