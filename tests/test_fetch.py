@@ -148,5 +148,8 @@ def test_cli_fetch(server, tmp_path, capsys):
     args = p.parse_args(["fetch", "--list"])
     assert args.func(args) == 0
     assert "string-v12-yeast-detailed" in capsys.readouterr().out
-    args = p.parse_args(["fetch", url, "--dest", str(tmp_path / "x"), "--sha256", "1" * 64, "--quiet"])
-    assert args.func(args) == 1
+    from cellformer.data.cli import main as data_main
+
+    assert data_main(["fetch", url, "--dest", str(tmp_path / "x"), "--sha256", "1" * 64, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "sha256" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

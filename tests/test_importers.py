@@ -300,11 +300,9 @@ def test_edge_list_and_tf_targets(genome):
 
 # ---------------------------------------------------------------------- CLI
 def _cli(argv: list[str]) -> int:
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers()
-    register(sub)
-    args = p.parse_args(argv)
-    return args.func(args)
+    from cellformer.data.cli import main
+
+    return main(argv)
 
 
 def test_cli_import_graph(genome, tmp_path, capsys):
@@ -323,13 +321,13 @@ def test_cli_import_graph(genome, tmp_path, capsys):
     tf, _ = load_edge_list(out / "tf.tsv.gz", genome)
     assert tf.directed and tf.num_edges == 3
     assert _cli(["import-graph", "--format", "string-detailed", str(FIX / "string_detailed_clean.txt"),
-                 "--channels", "bogus", "--out-dir", str(out)]) == 1  # fmt: skip
+                 "--channels", "bogus", "--out-dir", str(out)]) == 2  # fmt: skip
 
 
 def test_cli_import_screen(tmp_path, capsys):
     out = tmp_path / "k.h5"
     argv = ["import-screen", "--format", "kuzmin2018", str(FIX / "kuzmin2018_malformed.txt"), "--out", str(out)]
-    assert _cli(argv) == 1
+    assert _cli(argv) == 2
     assert "kuzmin2018_malformed.txt:6" in capsys.readouterr().err
     assert _cli(argv + ["--skip-bad-rows", "--seed", "3"]) == 0
     data = PerturbationData.load(out)

@@ -243,7 +243,7 @@ def test_screen_triples_on_subset(predictor, monkeypatch):
     monkeypatch.setattr(screen_mod, "MAX_TRIPLE_GENES", 10)
     with pytest.raises(ValueError, match="165 triples.*--force"):
         screen_triples(predictor, subset, by="fitness", progress=False)
-    with pytest.raises(KeyError, match="fitness, epsilon"):
+    with pytest.raises(ValueError, match="fitness, epsilon"):
         screen_pairs(predictor, by="tau", progress=False)
 
 

@@ -63,11 +63,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- import
 def _cmd_import(args: argparse.Namespace) -> int:
+    from cellformer.data.dataset import check_output_path, split_overlap
     from cellformer.data.splits import random_split
     from cellformer.data.table import import_table
 
     table = Path(args.table)
     out = Path(args.out) if args.out else table.with_name(table.name.split(".")[0] + ".h5")
+    check_output_path(out, [table, args.genome])
     if out.exists() and not args.force:
         raise UserError(f"{out} already exists; pass --force to overwrite it")
     genome = _load_genome(args.genome)
@@ -78,6 +80,9 @@ def _cmd_import(args: argparse.Namespace) -> int:
         print(f"no 'split' column: assigned a random 80/10/10 split (seed {args.seed})")
     data.save(out)
     print(report.summary())
+    overlap = split_overlap(data).summary()
+    if overlap:
+        print(overlap)
     print(f"wrote {out}: {len(data)} records over {len(data.genes)} genes")
     return 0
 
@@ -85,15 +90,12 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def _load_genome(path: str | None):
     from cellformer.genome import load_genome
 
-    try:
-        return load_genome(path)
-    except FileNotFoundError as e:
-        raise UserError(str(e)) from None
+    return load_genome(path)
 
 
 # ---------------------------------------------------------------------- info
 def _cmd_info(args: argparse.Namespace) -> int:
-    from cellformer.data.dataset import PerturbationData
+    from cellformer.data.dataset import PerturbationData, split_overlap
 
     path = Path(args.path)
     if not path.exists():
@@ -129,6 +131,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         names = {0: "train", 1: "val", 2: "test", -1: "unassigned"}
         parts = [f"{names.get(int(k), k)} {c}" for k, c in zip(*np.unique(data.split, return_counts=True), strict=True)]
         print(f"splits: {', '.join(parts)}")
+        overlap = split_overlap(data).summary()
+        if overlap:
+            print(f"  {overlap}")
 
     from cellformer.genome import yeast_genome
 

@@ -1,7 +1,7 @@
 """``cellformer predict | screen | explain``: query a trained checkpoint from the command line.
 
-User errors (unknown genes, bad sequences, bad tables, unknown phenotypes...) print one message to
-stderr and exit with status 2; no traceback.
+User errors (unknown genes, bad sequences, bad tables, unknown phenotypes...) are
+:class:`~cellformer.errors.UserError`: one message on stderr, exit status 2, no traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ import sys
 import warnings
 from pathlib import Path
 
-from cellformer.genome import SequenceError, UnknownGeneError, read_fasta
+from cellformer.data.dataset import check_output_path
+from cellformer.data.table import split_gene_names
+from cellformer.errors import UserError
+from cellformer.genome import read_fasta
 
 EXAMPLES = {
     "predict": """examples:
@@ -41,12 +44,40 @@ gene in that head's graph flagged), cross_attention.tsv/.png (β of the query se
 }
 
 
-class UserError(Exception):
-    """A problem with the user's input: reported without a traceback, exit status 2."""
+def _split(value: str, option: str) -> list[str]:
+    """The ``;``-separated names of an option value (the same rules as a table's ``genes`` column)."""
+    try:
+        return split_gene_names(value)
+    except UserError as e:
+        raise UserError(f"{option} {value!r}: {e}") from None
 
 
-def _split(value: str) -> list[str]:
-    return [x.strip() for x in value.split(";") if x.strip()]
+def _positive(value: int, option: str, zero_ok: str = "") -> int:
+    """``value`` if > 0 (or 0 when ``zero_ok`` says what 0 means), else a :class:`UserError`."""
+    if value > 0 or (zero_ok and value == 0):
+        return value
+    allowed = f"a positive number or 0 ({zero_ok})" if zero_ok else "a positive number"
+    raise UserError(f"{option} must be {allowed}, got {value}")
+
+
+def _check_device(spec: str):
+    """The torch device of ``--device``, refusing devices this machine does not have."""
+    import torch
+
+    try:
+        device = torch.device(spec)
+    except RuntimeError as exc:
+        raise UserError(f"invalid --device {spec!r}: {exc}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {spec}: CUDA is not available here (no GPU, or a CPU-only torch); use cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {spec}: MPS is not available here; use --device cpu")
+    elif device.type not in {"cpu", "cuda", "mps"}:
+        raise UserError(f"--device {spec}: expected cpu, cuda, cuda:N or mps")
+    return device
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -164,32 +195,38 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_predictor(args: argparse.Namespace, batch_size: int = 0):
     from cellformer.queries.predictor import Predictor
 
-    ckpt = Path(args.ckpt)
-    if not ckpt.exists():
-        raise UserError(f"checkpoint {ckpt} does not exist")
-    try:
-        import torch
-
-        torch.device(args.device)
-    except RuntimeError as exc:
-        raise UserError(f"invalid --device {args.device!r}: {exc}") from None
-    return Predictor.from_checkpoint(ckpt, device=args.device, batch_size=batch_size)
+    device = _check_device(args.device)
+    return Predictor.from_checkpoint(Path(args.ckpt), device=device, batch_size=batch_size)
 
 
 def _is_dna(text: str) -> bool:
     return bool(text) and set(text.upper()) <= set("ACGTUN \n")
 
 
+def _existing_file(src: str) -> Path | None:
+    """``src`` as a path when it names an existing file; None otherwise (also when it cannot be a path,
+    e.g. inline DNA longer than the file-name limit)."""
+    try:
+        path = Path(src)
+        return path if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
 def _add_genes(predictor, add_gene: list[str], fasta: list[str]) -> None:
     seqs: dict[str, str] = {}
+    given: dict[str, str] = {}
     for spec in add_gene:
         if "=" not in spec:
             raise UserError(f"--add-gene {spec!r}: expected NAME=FASTA (or NAME=DNA)")
         name, src = (x.strip() for x in spec.split("=", 1))
         if not name or not src:
             raise UserError(f"--add-gene {spec!r}: expected NAME=FASTA (or NAME=DNA)")
-        path = Path(src)
-        if path.exists():
+        if name.upper() in given:
+            raise UserError(f"--add-gene {name} is given twice ({given[name.upper()]} and {spec}); name each gene once")
+        given[name.upper()] = spec if len(spec) <= 60 else spec[:57] + "..."
+        path = _existing_file(src)
+        if path is not None:
             records = read_fasta(path)
             if len(records) != 1:
                 match = [r for r in records if r.name.upper() == name.upper()]
@@ -223,11 +260,13 @@ def _emit(text: str, out: str | None, what: str) -> None:
 
 def read_gene_list(path: str | Path) -> list[str]:
     """Gene names from a file: separated by newlines, tabs, ``,`` or ``;``; ``#`` starts a comment."""
+    from cellformer.genome import open_text
+
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"gene list {path} does not exist")
     names: list[str] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    with open_text(path, "gene list") as fh:
+        lines = fh.read().splitlines()
+    for line in lines:
         line = line.split("#", 1)[0]
         for tok in line.replace(",", "\t").replace(";", "\t").split():
             names.append(tok)
@@ -237,7 +276,18 @@ def read_gene_list(path: str | Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------- commands
+def _check_outputs(args: argparse.Namespace, *outputs: str | None) -> None:
+    """Refuse outputs that are directories or one of the command's input files, before any work."""
+    inputs = [getattr(args, k, None) for k in ("ckpt", "table", "genes", "state")]
+    inputs += [x for x in getattr(args, "fasta", []) or []]
+    for out in outputs:
+        if out and out != "-":
+            check_output_path(out, [x for x in inputs if isinstance(x, str)])
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    _positive(args.batch_size, "--batch-size")
+    _check_outputs(args, args.out)
     predictor = _load_predictor(args, args.batch_size)
     _add_genes(predictor, args.add_gene, args.fasta)
     if args.table:
@@ -251,7 +301,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         types = args.types or None
         if types is not None and len(types) != len(args.genes):
             raise UserError(f"{len(types)} --types for {len(args.genes)} --genes (give one --types per --genes)")
-        table = predictor.predict([_split(g) for g in args.genes], None if types is None else list(types))
+        table = predictor.predict([_split(g, "--genes") for g in args.genes], None if types is None else list(types))
     _emit(table.to_tsv(), args.out, f"{len(table)} predictions")
     return 0
 
@@ -259,10 +309,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_screen(args: argparse.Namespace) -> int:
     from cellformer.queries.screen import default_state_path, screen
 
-    if args.top <= 0:
-        raise UserError(f"--top must be positive, got {args.top}")
-    if args.batch_size <= 0:
-        raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    _positive(args.top, "--top")
+    _positive(args.batch_size, "--batch-size")
+    _check_outputs(args, args.out, args.all_scores)
     state = Path(args.state) if args.state else (default_state_path(args.out) if args.out else None)
     if args.resume and state is None:
         raise UserError("--resume needs --out (the state is kept next to it) or --state FILE")
@@ -297,9 +346,11 @@ def cmd_screen(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from cellformer.queries.explain import explain
 
+    _positive(args.top, "--top")
+    _positive(args.align_rows, "--align-rows", zero_ok="all rows")
+    query = _split(args.set, "--set") if args.set is not None else None
+    types = [t.strip() for t in args.types.split(";") if t.strip()] if args.types is not None else None
     predictor = _load_predictor(args)
-    query = _split(args.set) if args.set else None
-    types = _split(args.types) if args.types else None
     if types is not None and query is None:
         raise UserError("--types describes --set; give --set too")
     summary = explain(
@@ -320,15 +371,16 @@ COMMANDS = {"predict": cmd_predict, "screen": cmd_screen, "explain": cmd_explain
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``predict``, ``screen`` or ``explain`` (``argv[0]`` is the command); returns the exit status."""
+    from cellformer.cli import run_reporting_errors
+
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or usage errors (2)
         return int(exc.code or 0)
-    from cellformer.data.table import TableImportError
 
-    try:
+    def run() -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
             try:
@@ -337,19 +389,8 @@ def main(argv: list[str] | None = None) -> int:
                 for w in caught:
                     if issubclass(w.category, UserWarning):
                         print(f"cellformer: warning: {w.message}", file=sys.stderr)
-    except KeyboardInterrupt:
-        print("cellformer: interrupted", file=sys.stderr)
-        return 130
-    except (UserError, UnknownGeneError, SequenceError, TableImportError, FileNotFoundError) as exc:
-        print(f"cellformer {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyError as exc:
-        msg = exc.args[0] if exc.args else str(exc)
-        print(f"cellformer {args.command}: error: {msg}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        print(f"cellformer {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+
+    return run_reporting_errors(f"cellformer {args.command}", run)
 
 
 if __name__ == "__main__":

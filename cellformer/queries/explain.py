@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from cellformer.data.dataset import PerturbationType
+from cellformer.errors import UserError
 
 
 def _plt():
@@ -148,7 +149,7 @@ def cross_attention_report(
             out = model(batch, return_attention=True)
             pred, beta = out.pred, out.extras.get("beta")
     if beta is None:
-        raise ValueError(f"{type(model).__name__} exposes no cross-attention weights")
+        raise UserError(f"{type(model).__name__} exposes no cross-attention weights")
     beta = beta[0].float().cpu().numpy()
     genome = predictor.base_genome
     labels = list(genome.genes) + list(added)
@@ -260,18 +261,27 @@ def explain(
     """Write the attention reports for ``gene`` (and query S, default {gene}) into ``out_dir``.
 
     Needs a CellFormer-like model (``attention_rows``, ``attention_alignment``, ``graph_reg``); returns
-    the summary that is also written to ``summary.json``.
+    the summary that is also written to ``summary.json``. ``top`` must be positive and
+    ``alignment_rows`` positive or None (all rows); an empty ``query`` is an error.
     """
+    if top <= 0:
+        raise UserError(f"top must be a positive number of genes, got {top}")
+    if alignment_rows is not None and alignment_rows <= 0:
+        raise UserError(f"alignment rows must be positive (or all), got {alignment_rows}")
+    if query is not None and not list(query):
+        raise UserError("the query set is empty")
     model = predictor.model
     missing = [
         m for m in ("attention_rows", "attention_alignment", "valid_rows", "graph_tensors") if not hasattr(model, m)
     ]
     if missing or not predictor.has_encoder_cache:
-        raise ValueError(
+        raise UserError(
             f"explain needs a CellFormer checkpoint; {type(model).__name__} has no attention maps "
             f"(missing: {', '.join(missing) or 'encode_genome'})"
         )
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out-dir {out_dir} is a file; give a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
     g = predictor.base_genome.index(gene, "--gene")
     summary: dict[str, Any] = {"gene": predictor.base_genome.display(g)}

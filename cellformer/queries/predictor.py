@@ -28,6 +28,8 @@ import numpy as np
 import torch
 
 from cellformer.data.dataset import PerturbationBatch, PerturbationType, make_batch
+from cellformer.data.table import split_gene_names
+from cellformer.errors import UserError, unknown_name_error
 from cellformer.genome import Genome, SequenceError, read_fasta, validate_cds
 
 DEFAULT_BATCH_SIZE = 1024
@@ -55,7 +57,7 @@ class PredictionTable:
     def column(self, name: str) -> np.ndarray:
         """The predictions of one phenotype (unknown names raise with the list)."""
         if name not in self.phenotype_names:
-            raise KeyError(f"unknown phenotype {name!r}; this model predicts {', '.join(self.phenotype_names)}")
+            raise unknown_name_error("phenotype", name, self.phenotype_names)
         return self.values[:, self.phenotype_names.index(name)]
 
     def rows(self) -> list[dict[str, Any]]:
@@ -111,6 +113,8 @@ class Predictor:
         self.base_genome: Genome = context.genome
         self.graphs = context.graphs
         self.phenotype_names: list[str] = list(context.phenotype_names)
+        if int(batch_size) < 0:
+            raise UserError(f"batch size must be positive, got {batch_size}")
         self.batch_size = int(batch_size) or DEFAULT_BATCH_SIZE
         self.added: dict[str, str] = {}
         self.genome: Genome = self.base_genome
@@ -121,13 +125,13 @@ class Predictor:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", batch_size: int = 0) -> Predictor:
-        """Load a checkpoint written by ``cellformer fit`` (``torch.load(weights_only=True)``)."""
+        """Load a checkpoint written by ``cellformer fit`` (``torch.load(weights_only=True)``).
+
+        Missing, empty, truncated or foreign files raise :class:`~cellformer.errors.UserError`.
+        """
         from cellformer.models.checkpoint import load_checkpoint
 
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
-        model, context = load_checkpoint(path, map_location="cpu")
+        model, context = load_checkpoint(Path(path), map_location="cpu")
         return cls(model, context, device=device, batch_size=batch_size)
 
     # ------------------------------------------------------------------ facts
@@ -142,13 +146,9 @@ class Predictor:
         return bool(self.model.splits_encoder)
 
     def phenotype_index(self, name: str) -> int:
-        """Column of a phenotype; unknown names raise ``KeyError`` listing the phenotypes."""
+        """Column of a phenotype; unknown names raise :class:`~cellformer.errors.UserError` listing them."""
         if name not in self.phenotype_names:
-            import difflib
-
-            close = difflib.get_close_matches(name, self.phenotype_names, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise KeyError(f"unknown phenotype {name!r}; this model predicts: {', '.join(self.phenotype_names)}{hint}")
+            raise unknown_name_error("phenotype", name, self.phenotype_names)
         return self.phenotype_names.index(name)
 
     def fingerprint(self) -> str:
@@ -176,11 +176,11 @@ class Predictor:
         for name, seq in sequences.items():
             name = str(name).strip()
             if not name or any(c.isspace() or c == ";" for c in name):
-                raise ValueError(f"invalid added gene name {name!r} (no spaces or ';')")
+                raise UserError(f"invalid added gene name {name!r} (no spaces or ';')")
             if name.upper() in {n.upper() for n in [*self.added, *clean]}:
-                raise ValueError(f"gene {name!r} was already added")
+                raise UserError(f"gene {name!r} was already added")
             if name in self.base_genome:
-                raise ValueError(
+                raise UserError(
                     f"cannot add gene {name!r}: the genome already has a gene of that name "
                     f"({self.base_genome.display(self.base_genome.lookup(name))})"
                 )
@@ -221,28 +221,32 @@ class Predictor:
 
         ``types`` per query: a list aligned with the genes, one name for all genes, or None (deletion
         for genome genes, addition for added genes). Raises :class:`~cellformer.genome.UnknownGeneError`
-        (with close matches) for unknown genes and ``ValueError`` for duplicates, empty sets, or types
-        that do not fit the gene (only added genes take ``addition``, and they take nothing else).
+        (with close matches) for unknown genes and :class:`~cellformer.errors.UserError` for duplicates,
+        empty sets or names (``"A;"``), or types that do not fit the gene (only added genes take
+        ``addition``, and they take nothing else).
         """
         if isinstance(gene_sets, str):
             raise TypeError("gene_sets must be a list of gene lists, e.g. [['TFC3', 'YBR123C']]")
         if types is not None and len(types) != len(gene_sets):
-            raise ValueError(f"{len(types)} type lists for {len(gene_sets)} gene sets")
+            raise UserError(f"{len(types)} type lists for {len(gene_sets)} gene sets")
         n = self.num_base_genes
         idx_out, typ_out = [], []
         for q, genes in enumerate(gene_sets):
-            if isinstance(genes, str):
-                genes = [g for g in genes.split(";") if g.strip()]
-            genes = [str(g).strip() for g in genes]
             where = f"query {q + 1}"
+            if isinstance(genes, str):
+                try:
+                    genes = split_gene_names(genes)
+                except UserError as e:
+                    raise UserError(f"{where}: {e}") from None
+            genes = [str(g).strip() for g in genes]
             if not genes:
-                raise ValueError(f"{where}: empty gene set")
+                raise UserError(f"{where}: empty gene set")
             idx = np.array([self.genome.index(g, where) for g in genes], dtype=np.int64)
             uniq, counts = np.unique(idx, return_counts=True)
             if (counts > 1).any():
                 dup = int(uniq[counts > 1][0])
                 named = [g for g, i in zip(genes, idx.tolist(), strict=True) if i == dup]
-                raise ValueError(f"{where}: gene {self.genome.genes[dup]} appears more than once ({', '.join(named)})")
+                raise UserError(f"{where}: gene {self.genome.genes[dup]} appears more than once ({', '.join(named)})")
             qt = None if types is None else types[q]
             if qt is None:
                 codes = [PerturbationType.ADDITION if i >= n else PerturbationType.DELETION for i in idx.tolist()]
@@ -252,7 +256,7 @@ class Predictor:
                     if len(qt) == 1:
                         qt = qt * len(genes)
                 if len(qt) != len(genes):
-                    raise ValueError(f"{where}: {len(qt)} types for {len(genes)} genes")
+                    raise UserError(f"{where}: {len(qt)} types for {len(genes)} genes")
                 codes = [PerturbationType.parse(t) if isinstance(t, str) else PerturbationType(int(t)) for t in qt]
             self.check_types(idx, codes, where)
             idx_out.append(idx)
@@ -267,9 +271,9 @@ class Predictor:
             i, c = int(i), PerturbationType(int(c))
             g = self.genome.genes[i]
             if i >= n and c != PerturbationType.ADDITION:
-                raise ValueError(f"{prefix}{g} is an added gene; its type must be 'addition', not {c.name.lower()}")
+                raise UserError(f"{prefix}{g} is an added gene; its type must be 'addition', not {c.name.lower()}")
             if i < n and c == PerturbationType.ADDITION:
-                raise ValueError(
+                raise UserError(
                     f"{prefix}{g} is a genome gene; 'addition' is for added genes "
                     "(add one with --add-gene/--fasta; for more of a native gene use overexpression)"
                 )
@@ -377,11 +381,13 @@ class Predictor:
         type_sets = [np.asarray(t, dtype=np.int64) for t in type_sets]
         for q, (i, t) in enumerate(zip(idx_sets, type_sets, strict=True)):
             if len(i) != len(t):
-                raise ValueError(f"query {q + 1}: {len(t)} types for {len(i)} genes")
+                raise UserError(f"query {q + 1}: {len(t)} types for {len(i)} genes")
             if len(i) and (i.min() < 0 or i.max() >= len(self.genome)):
-                raise ValueError(f"query {q + 1}: gene index out of range [0, {len(self.genome)})")
+                raise UserError(f"query {q + 1}: gene index out of range [0, {len(self.genome)})")
             self.check_types(i, t, f"query {q + 1}")
-        bs = batch_size or self.batch_size
+        bs = self.batch_size if batch_size is None else int(batch_size)
+        if bs <= 0:
+            raise UserError(f"batch size must be positive, got {bs}")
         values = np.zeros((len(idx_sets), len(self.phenotype_names)), dtype=np.float32)
         for s in range(0, len(idx_sets), bs):
             batch = self.make_batch(idx_sets[s : s + bs], type_sets[s : s + bs])

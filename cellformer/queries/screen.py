@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from cellformer.data.dataset import PerturbationType
+from cellformer.errors import UserError
 from cellformer.queries.predictor import tsv_text
 
 #: above this many candidate genes a triple screen needs ``force=True``.
@@ -101,7 +102,7 @@ class TopK:
 
     def __init__(self, k: int, num_columns: int, ascending: bool = False, device: str | torch.device = "cpu"):
         if k <= 0:
-            raise ValueError(f"top must be positive, got {k}")
+            raise UserError(f"top must be positive, got {k}")
         self.k, self.ascending = int(k), bool(ascending)
         self.scores = torch.zeros(0, device=device)
         self.ranks = torch.zeros(0, dtype=torch.long, device=device)
@@ -195,6 +196,120 @@ def default_state_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".state.pt")
 
 
+# ---------------------------------------------------------------------- the screen, in steps
+def _ranking(predictor: Any, order: int, by: str | None, batch_size: int, perturbation: str) -> tuple[str, int, int]:
+    """Check the settings; the phenotype ranked by, its column and the perturbation type code."""
+    if order not in (2, 3):
+        raise UserError(f"order must be 2 (pairs) or 3 (triples), got {order}")
+    if batch_size <= 0:
+        raise UserError(f"batch_size must be positive, got {batch_size}")
+    names = predictor.phenotype_names
+    if by is None:
+        if len(names) != 1:
+            raise UserError(f"say which phenotype to rank by (by=...); this model predicts: {', '.join(names)}")
+        by = names[0]
+    col = predictor.phenotype_index(by)
+    ptype = int(PerturbationType.parse(perturbation))
+    if ptype == PerturbationType.ADDITION:
+        raise UserError("screens perturb genome genes; 'addition' is not a valid screen perturbation")
+    return by, col, ptype
+
+
+def _candidates(genome: Any, genes: Sequence[str] | None, order: int, force: bool) -> np.ndarray:
+    """Genome indices of the candidate genes (default: every native gene); duplicates and sizes checked."""
+    if genes is None:
+        cand = np.flatnonzero(~np.asarray(genome.added, dtype=bool)).astype(np.int64)
+    else:
+        idx = [genome.index(g, "screen genes") for g in genes]
+        seen: dict[int, str] = {}
+        for g, i in zip(genes, idx, strict=True):
+            if i in seen:
+                raise UserError(f"screen genes: gene {genome.display(i)} is listed twice ({seen[i]!r} and {g!r})")
+            seen[i] = g
+        cand = np.asarray(idx, dtype=np.int64)
+    n = len(cand)
+    if n < order:
+        raise UserError(f"a screen of order {order} needs at least {order} genes, got {n}")
+    if order == 3 and n > MAX_TRIPLE_GENES and not force:
+        raise UserError(
+            f"a triple screen over {n} genes means {num_combinations(n, 3):,} triples; restrict the genes "
+            f"to at most {MAX_TRIPLE_GENES} (--genes subset.txt) or pass --force"
+        )
+    return cand
+
+
+class _Progress:
+    """What a screen has done so far: chunks scored, the top-k keeper, the optional all-scores file.
+
+    :meth:`save` writes the resumable state (and flushes the scores file); :meth:`resume` restores it.
+    """
+
+    def __init__(self, signature: dict[str, Any], keeper: TopK, num_chunks: int, state_path: Path | None):
+        self.signature, self.keeper, self.num_chunks = signature, keeper, num_chunks
+        self.state_path = state_path
+        self.done = 0
+        self.h5: Any = None
+
+    def resume(self) -> None:
+        """Continue from the state file (which must belong to the same screen)."""
+        if self.state_path is None or not self.state_path.exists():
+            return
+        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        diff = [k for k, v in self.signature.items() if state.get("signature", {}).get(k) != v]
+        if diff:
+            raise UserError(
+                f"{self.state_path} belongs to a different screen (differs in: {', '.join(diff)}); "
+                "re-run without --resume to start over"
+            )
+        self.done = int(state["chunks_done"])
+        self.keeper.load_state_dict(state["topk"])
+
+    def open_all_scores(self, path: Path, total: int, names: list[str], order: int, genes: list[str]) -> None:
+        """The HDF5 file receiving every score (reopened when resuming, else created)."""
+        import h5py
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if self.done and path.exists():
+            self.h5 = h5py.File(path, "a")
+            return
+        self.h5 = h5py.File(path, "w")
+        chunk = (min(total, 65536),)
+        self.h5.create_dataset("scores", shape=(total, len(names)), dtype="f4", chunks=chunk + (len(names),))
+        self.h5.create_dataset("combos", shape=(total, order), dtype="i4", chunks=chunk + (order,))
+        self.h5.attrs["genes"] = np.array(genes, dtype=object)
+        self.h5.attrs["phenotype_names"] = np.array(names, dtype=object)
+        self.h5.attrs["order"] = order
+        self.h5.attrs["description"] = "row r = r-th combination of the candidate genes in lexicographic order"
+
+    def save(self) -> None:
+        if self.h5 is not None:
+            self.h5.flush()
+        if self.state_path is not None:
+            self.state_path.parent.mkdir(parents=True, exist_ok=True)
+            state = {
+                "signature": self.signature,
+                "chunks_done": self.done,
+                "num_chunks": self.num_chunks,
+                "topk": self.keeper.state_dict(),
+            }
+            _atomic_torch_save(state, self.state_path)
+
+    def close(self) -> None:
+        if self.h5 is not None:
+            self.h5.close()
+
+
+def _score_chunk(predictor: Any, cand_t: torch.Tensor, n: int, order: int, ptype: int, start: int, stop: int):
+    """Genome-index combinations of ranks ``start:stop`` and their ``(B, P)`` predictions."""
+    device = cand_t.device
+    local = torch.from_numpy(combinations_chunk(n, order, start, stop)).to(device)
+    combos = cand_t[local]  # (B, order) genome indices
+    gene_index = combos.reshape(-1)
+    types = torch.full_like(gene_index, ptype)
+    ptr = torch.arange(0, (stop - start) * order + 1, order, device=device)
+    return combos, predictor.predict_indices(gene_index, types, ptr)
+
+
 # ---------------------------------------------------------------------- the screen
 def screen(
     predictor: Any,
@@ -238,44 +353,14 @@ def screen(
     """
     from tqdm.auto import tqdm
 
-    if order not in (2, 3):
-        raise ValueError(f"order must be 2 (pairs) or 3 (triples), got {order}")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    by, col, ptype = _ranking(predictor, order, by, batch_size, perturbation)
     names = predictor.phenotype_names
-    if by is None:
-        if len(names) != 1:
-            raise ValueError(f"say which phenotype to rank by (by=...); this model predicts: {', '.join(names)}")
-        by = names[0]
-    col = predictor.phenotype_index(by)
-    ptype = int(PerturbationType.parse(perturbation))
-    if ptype == PerturbationType.ADDITION:
-        raise ValueError("screens perturb genome genes; 'addition' is not a valid screen perturbation")
-
     genome = predictor.base_genome
-    if genes is None:
-        cand = np.flatnonzero(~np.asarray(genome.added, dtype=bool)).astype(np.int64)
-    else:
-        idx = [genome.index(g, "screen genes") for g in genes]
-        seen: dict[int, str] = {}
-        for g, i in zip(genes, idx, strict=True):
-            if i in seen:
-                raise ValueError(f"screen genes: gene {genome.display(i)} is listed twice ({seen[i]!r} and {g!r})")
-            seen[i] = g
-        cand = np.asarray(idx, dtype=np.int64)
+    cand = _candidates(genome, genes, order, force)
     n = len(cand)
-    if n < order:
-        raise ValueError(f"a screen of order {order} needs at least {order} genes, got {n}")
-    if order == 3 and n > MAX_TRIPLE_GENES and not force:
-        raise ValueError(
-            f"a triple screen over {n} genes means {num_combinations(n, 3):,} triples; restrict the genes "
-            f"to at most {MAX_TRIPLE_GENES} (--genes subset.txt) or pass --force"
-        )
     total = num_combinations(n, order)
     num_chunks = -(-total // batch_size)
     device = predictor.device
-    keeper = TopK(top, len(names), ascending, device=device)
-
     signature = {
         "version": STATE_VERSION,
         "model": predictor.fingerprint(),
@@ -288,51 +373,17 @@ def screen(
         "perturbation": ptype,
         "all_scores": str(all_scores) if all_scores is not None else "",
     }
-    state_path = Path(state_path) if state_path is not None else None
-    done = 0
-    if resume and state_path is not None and state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        diff = [k for k, v in signature.items() if state.get("signature", {}).get(k) != v]
-        if diff:
-            raise ValueError(
-                f"{state_path} belongs to a different screen (differs in: {', '.join(diff)}); "
-                "re-run without --resume to start over"
-            )
-        done = int(state["chunks_done"])
-        keeper.load_state_dict(state["topk"])
-
-    h5 = None
+    keeper = TopK(top, len(names), ascending, device=device)
+    run = _Progress(signature, keeper, num_chunks, Path(state_path) if state_path is not None else None)
+    if resume:
+        run.resume()
     if all_scores is not None:
-        import h5py
-
-        all_scores = Path(all_scores)
-        all_scores.parent.mkdir(parents=True, exist_ok=True)
-        if done and all_scores.exists():
-            h5 = h5py.File(all_scores, "a")
-        else:
-            h5 = h5py.File(all_scores, "w")
-            chunk = (min(total, 65536),)
-            h5.create_dataset("scores", shape=(total, len(names)), dtype="f4", chunks=chunk + (len(names),))
-            h5.create_dataset("combos", shape=(total, order), dtype="i4", chunks=chunk + (order,))
-            h5.attrs["genes"] = np.array([genome.genes[i] for i in cand], dtype=object)
-            h5.attrs["phenotype_names"] = np.array(names, dtype=object)
-            h5.attrs["order"] = order
-            h5.attrs["description"] = "row r = r-th combination of the candidate genes in lexicographic order"
-
-    def save_state() -> None:
-        if h5 is not None:
-            h5.flush()
-        if state_path is not None:
-            state_path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_torch_save(
-                {"signature": signature, "chunks_done": done, "num_chunks": num_chunks, "topk": keeper.state_dict()},
-                state_path,
-            )
+        run.open_all_scores(Path(all_scores), total, list(names), order, [genome.genes[i] for i in cand])
 
     cand_t = torch.from_numpy(cand).to(device)
     bar = tqdm(
         total=total,
-        initial=min(done * batch_size, total),
+        initial=min(run.done * batch_size, total),
         unit="set",
         unit_scale=True,
         desc=f"screen order {order}",
@@ -341,39 +392,29 @@ def screen(
     last_save = time.monotonic()
     ran = 0
     try:
-        while done < num_chunks:
-            if max_chunks is not None and ran >= max_chunks:
-                break
-            start, stop = done * batch_size, min((done + 1) * batch_size, total)
-            local = torch.from_numpy(combinations_chunk(n, order, start, stop)).to(device)
-            combos = cand_t[local]  # (B, order) genome indices
-            b = stop - start
-            gene_index = combos.reshape(-1)
-            types = torch.full_like(gene_index, ptype)
-            ptr = torch.arange(0, b * order + 1, order, device=device)
-            pred = predictor.predict_indices(gene_index, types, ptr)
-            ranks = torch.arange(start, stop, device=device)
-            keeper.update(pred[:, col], ranks, pred)
-            if h5 is not None:
-                h5["scores"][start:stop] = pred.cpu().numpy()
-                h5["combos"][start:stop] = combos.cpu().numpy().astype(np.int32)
-            done += 1
+        while run.done < num_chunks and (max_chunks is None or ran < max_chunks):
+            start, stop = run.done * batch_size, min((run.done + 1) * batch_size, total)
+            combos, pred = _score_chunk(predictor, cand_t, n, order, ptype, start, stop)
+            run.keeper.update(pred[:, col], torch.arange(start, stop, device=device), pred)
+            if run.h5 is not None:
+                run.h5["scores"][start:stop] = pred.cpu().numpy()
+                run.h5["combos"][start:stop] = combos.cpu().numpy().astype(np.int32)
+            run.done += 1
             ran += 1
-            bar.update(b)
+            bar.update(stop - start)
             if on_chunk is not None:
-                on_chunk(done, num_chunks)
-            if state_path is not None and time.monotonic() - last_save >= save_every_s:
-                save_state()
+                on_chunk(run.done, num_chunks)
+            if run.state_path is not None and time.monotonic() - last_save >= save_every_s:
+                run.save()
                 last_save = time.monotonic()
     except BaseException:
-        save_state()
+        run.save()
         raise
     finally:
         bar.close()
-    save_state()
-    if h5 is not None:
-        h5.close()
-    state = keeper.state_dict()
+    run.save()
+    run.close()
+    state = run.keeper.state_dict()
     ranks_np = state["ranks"].numpy()
     local = combinations_chunk(n, order, 0, 0) if not len(ranks_np) else _unrank(n, order, ranks_np)
     return ScreenResult(
@@ -384,7 +425,7 @@ def screen(
         phenotype_names=list(names),
         by=by,
         ascending=bool(ascending),
-        num_scored=min(done * batch_size, total),
+        num_scored=min(run.done * batch_size, total),
         num_total=total,
     )
 

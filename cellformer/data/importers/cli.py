@@ -1,16 +1,16 @@
 """Command-line subcommands ``import-graph``, ``import-screen`` and ``fetch``.
 
 The data CLI adds them to its parser with :func:`register`; each subparser sets ``func`` to a handler
-``handler(args) -> int`` (0 on success).
+``handler(args) -> int`` (0 on success). Problems with the input raise :class:`~cellformer.errors.UserError`,
+which the data CLI reports as one line (exit status 2).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from cellformer.data.importers.screens import ImportFormatError
+from cellformer.errors import UserError
 
 GRAPH_FORMATS = ("string-detailed", "biogrid-tab3", "edge-list")
 SCREEN_FORMATS = ("costanzo2016", "kuzmin2018", "kuzmin2020")
@@ -28,21 +28,23 @@ def _import_graph(args: argparse.Namespace) -> int:
 
     genome = _genome(args)
     out_dir = Path(args.out_dir)
-    try:
-        if args.format == "string-detailed":
-            results = read_string_detailed(args.file, genome, args.channels, min_score=args.min_score)
-            graphs = [(g, r) for g, r in results.values()]
-            if args.name:
-                for g, _ in graphs:
-                    g.name = f"{args.name}_{g.name.removeprefix('string_')}"
-        elif args.format == "biogrid-tab3":
-            graphs = [read_biogrid_tab3(args.file, genome, system_type=args.system_type, name=args.name)]
-        else:
-            min_score = None if args.min_score is None else float(args.min_score)
-            graphs = [read_edge_list(args.file, genome, name=args.name, directed=args.directed, min_score=min_score)]
-    except (ImportFormatError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out-dir {out_dir} is a file; give a directory")
+    if args.format == "string-detailed":
+        results = read_string_detailed(args.file, genome, args.channels, min_score=args.min_score)
+        graphs = [(g, r) for g, r in results.values()]
+        if args.name:
+            for g, _ in graphs:
+                g.name = f"{args.name}_{g.name.removeprefix('string_')}"
+    elif args.format == "biogrid-tab3":
+        graphs = [read_biogrid_tab3(args.file, genome, system_type=args.system_type, name=args.name)]
+    else:
+        min_score = None if args.min_score is None else float(args.min_score)
+        graphs = [read_edge_list(args.file, genome, name=args.name, directed=args.directed, min_score=min_score)]
+    empty = [(g, r) for g, r in graphs if g.num_edges == 0]
+    if empty:
+        g, r = empty[0]
+        raise UserError(f"graph {g.name!r} has no edges, nothing written ({r.summary()})")
     out_dir.mkdir(parents=True, exist_ok=True)
     for graph, report in graphs:
         path = out_dir / f"{graph.name}.tsv.gz"
@@ -54,32 +56,35 @@ def _import_graph(args: argparse.Namespace) -> int:
 
 
 def _import_screen(args: argparse.Namespace) -> int:
-    from cellformer.data.importers.screens import SCREEN_READERS
+    from cellformer.data.dataset import check_output_path, split_overlap
+    from cellformer.data.importers.screens import SCREEN_READERS, ImportFormatError
     from cellformer.data.splits import random_split
 
+    check_output_path(args.out, [args.file])
     genome = _genome(args)
     try:
         data, report = SCREEN_READERS[args.format](args.file, genome, skip_bad_rows=args.skip_bad_rows)
-    except (ImportFormatError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        if isinstance(e, ImportFormatError):
-            print("hint: --skip-bad-rows skips and counts malformed rows instead", file=sys.stderr)
-        return 1
+    except ImportFormatError as e:
+        if args.skip_bad_rows or e.line <= 1:
+            raise
+        raise ImportFormatError(e.path, e.line, f"{e.problem} (--skip-bad-rows skips and counts such rows)") from None
     if args.split == "random":
         data.split = random_split(len(data), val=args.val, test=args.test, seed=args.seed)
         data.attrs["split"] = f"random(val={args.val}, test={args.test}, seed={args.seed})"
     data.save(args.out)
     print(report.summary())
+    overlap = split_overlap(data).summary()
+    if overlap:
+        print(overlap)
     print(f"{len(data)} records, phenotypes {data.phenotype_names} -> {args.out}")
     return 0
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from cellformer.data.importers.fetch import ChecksumError, fetch, load_manifest, sha256_file
+    from cellformer.data.importers.fetch import fetch, load_manifest, sha256_file
 
     if not args.list and not args.name:
-        print("error: give a NAME or URL to fetch, or --list", file=sys.stderr)
-        return 2
+        raise UserError("give a NAME or URL to fetch, or --list")
     if args.list:
         for e in load_manifest().values():
             print(f"{e.name}\n  url: {e.url}\n  format: {e.format}; licence: {e.licence}")
@@ -89,9 +94,8 @@ def _fetch(args: argparse.Namespace) -> int:
         return 0
     try:
         path = fetch(args.name, args.dest, sha256=args.sha256, progress=not args.quiet, force=args.force)
-    except (ChecksumError, KeyError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except OSError as e:  # network and disk problems of the download
+        raise UserError(f"download of {args.name} failed: {e}") from None
     print(f"{path}  sha256 {sha256_file(path)}")
     return 0
 

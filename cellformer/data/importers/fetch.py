@@ -21,13 +21,23 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cellformer.errors import UserError, did_you_mean
+
 MANIFEST_PATH = Path(__file__).with_name("manifest.json")
+
 CHUNK = 1 << 16
 USER_AGENT = "cellformer-fetch/0.1 (+https://github.com/)"
 
 
-class ChecksumError(ValueError):
+class ChecksumError(UserError):
     """The downloaded bytes do not have the expected sha256."""
+
+
+class UnknownSourceError(UserError, KeyError):
+    """A name that is neither a URL nor a manifest entry (also a ``KeyError``, as a lookup failure)."""
+
+    def __str__(self) -> str:  # KeyError quotes its message otherwise
+        return str(self.args[0])
 
 
 @dataclass(frozen=True)
@@ -74,7 +84,10 @@ def _resolve(name_or_url: str, sha256: str | None) -> tuple[str, str, str | None
     if parsed.scheme in {"http", "https", "file", "ftp"}:
         filename = Path(urllib.parse.unquote(parsed.path)).name or "download"
         return name_or_url, filename, sha256
-    raise KeyError(f"{name_or_url!r} is neither a URL nor a manifest entry; known entries: {', '.join(manifest)}")
+    raise UnknownSourceError(
+        f"{name_or_url!r} is neither a URL nor a manifest entry; known entries: {', '.join(manifest)}"
+        f"{did_you_mean(name_or_url, manifest)}"
+    )
 
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")

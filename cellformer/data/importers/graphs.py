@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cellformer.data.importers.screens import ImportFormatError
+from cellformer.errors import UserError
 from cellformer.genome.genome import Genome, open_text
 from cellformer.graphs.graph import GeneGraph
 from cellformer.graphs.io import LoadReport, build_graph, load_edge_list
@@ -65,11 +66,11 @@ def _channels(channels: list[str] | str) -> list[str]:
         key = c.strip().lower()
         key = key[len("string_") :] if key.startswith("string_") else key
         if key not in STRING_CHANNELS:
-            raise ValueError(f"unknown STRING channel {c!r}; valid channels: {', '.join(STRING_CHANNELS)}")
+            raise UserError(f"unknown STRING channel {c!r}; valid channels: {', '.join(STRING_CHANNELS)}")
         if key not in out:
             out.append(key)
     if not out:
-        raise ValueError(f"no STRING channel given; valid channels: {', '.join(STRING_CHANNELS)}")
+        raise UserError(f"no STRING channel given; valid channels: {', '.join(STRING_CHANNELS)}")
     return out
 
 
@@ -88,7 +89,8 @@ def read_string_detailed(
         genome: genes to map onto; ids ``4932.YAL001C`` lose their taxon prefix. Ids of another taxon
             are kept whole, so they show up as unmapped genes in the report.
         channels: score columns to build graphs from (a list or a comma-separated string; a
-            ``string_`` prefix is accepted). Unknown names raise ``ValueError`` listing the valid ones.
+            ``string_`` prefix is accepted). Unknown names raise :class:`~cellformer.errors.UserError`
+            listing the valid ones.
         min_score: keep edges whose channel score (0-1000) is at least this.
         taxon: the expected taxon prefix.
 
@@ -185,7 +187,7 @@ def read_biogrid_tab3(
     path = Path(path)
     stype = system_type.strip().lower()
     if stype not in BIOGRID_SYSTEM_TYPES:
-        raise ValueError(f"unknown system type {system_type!r}; expected one of {', '.join(BIOGRID_SYSTEM_TYPES)}")
+        raise UserError(f"unknown system type {system_type!r}; expected one of {', '.join(BIOGRID_SYSTEM_TYPES)}")
     report = GraphImportReport(str(path))
     pairs: list[tuple[int, str, str, float]] = []
     header: list[str] | None = None

@@ -49,6 +49,7 @@ import gzip
 import json
 import math
 import re
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,8 @@ from pathlib import Path
 import numpy as np
 
 from cellformer.data.dataset import PerturbationData, PerturbationType
+from cellformer.data.table import MISSING_VALUES, parse_value
+from cellformer.errors import UserError
 from cellformer.genome.genome import Genome
 
 #: Allele class (letters after the ``_`` of a strain id) -> perturbation type.
@@ -131,10 +134,7 @@ PHENOTYPE_DOCS: dict[str, str] = {
     "trigenic τ < -0.08, p < 0.05), 0.0 if not, NaN if unscored",
 }
 
-_MISSING = {"", "na", "nan", "n/a", "null", "none"}
-
-
-class ImportFormatError(ValueError):
+class ImportFormatError(UserError):
     """A file that does not have the expected layout; the message names ``file:line`` and the problem."""
 
     def __init__(self, path: str | Path, line: int, problem: str):
@@ -301,13 +301,21 @@ def _parse_strain(value: str) -> Strain:
 
 
 def _number(value: str, column: str) -> float:
+    """A value of ``column``: NaN for the :data:`~cellformer.data.table.MISSING_VALUES`, else a number
+    that fits a float32 (±inf and NaN spelled out are kept as given; overflow is a row error)."""
     v = value.strip()
-    if v.lower() in _MISSING:
+    if v.lower() in MISSING_VALUES:
         return math.nan
     try:
-        return float(v)
+        x = float(v)
     except ValueError:
         raise _RowError(f"column {column!r}: {v!r} is not a number") from None
+    if math.isfinite(x):
+        try:
+            parse_value(v, f"column {column!r}")
+        except ValueError as e:
+            raise _RowError(str(e)) from None
+    return x
 
 
 def _norm(name: str) -> str:
@@ -315,9 +323,13 @@ def _norm(name: str) -> str:
 
 
 def _open(path: Path):
-    """Text lines of a (gzipped) file; undecodable bytes are replaced rather than fatal."""
+    """Text lines of a (gzipped) file; a BOM is dropped, undecodable bytes are replaced rather than fatal."""
+    if not path.exists():
+        raise UserError(f"screen file {path} does not exist")
+    if path.is_dir():
+        raise UserError(f"screen file {path} is a directory, not a file")
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
     return open(path, encoding="utf-8-sig", errors="replace", newline="")
 
 
@@ -325,7 +337,7 @@ def _rows(path: Path, expected: Sequence[str], report: ImportReport) -> Iterator
     """Yield ``(line number, fields)`` of the data rows after checking the header."""
     with _open(path) as fh:
         header_seen = False
-        for lineno, raw in enumerate(fh, start=1):
+        for lineno, raw in _numbered_lines(path, fh):
             line = raw.rstrip("\r\n")
             if not line.strip():
                 continue
@@ -337,6 +349,22 @@ def _rows(path: Path, expected: Sequence[str], report: ImportReport) -> Iterator
             yield lineno, fields
         if not header_seen:
             raise ImportFormatError(path, 1, "empty file (expected a header line)")
+
+
+def _numbered_lines(path: Path, fh) -> Iterator[tuple[int, str]]:
+    """``(line number, line)``; a truncated or corrupt ``.gz`` is an :class:`ImportFormatError`."""
+    lineno = 0
+    while True:
+        try:
+            raw = next(fh)
+        except StopIteration:
+            return
+        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+            raise ImportFormatError(path, lineno + 1, f"truncated or corrupt gzip file ({exc})") from None
+        lineno += 1
+        if "\x00" in raw:
+            raise ImportFormatError(path, lineno, "contains NUL bytes (is it a binary file?)")
+        yield lineno, raw
 
 
 def _check_header(path: Path, lineno: int, fields: list[str], expected: Sequence[str], report: ImportReport) -> None:
