@@ -416,3 +416,10 @@ def test_dango_pretraining_reduces_reconstruction_loss(toy):
     assert len(history) == 60 and recon() < 0.5 * before
     # the HyperSAGNN is untouched by pretraining (only the channels are)
     assert all(p.grad is None for p in model.hypersagnn.parameters())
+
+
+def test_additive_config_uses_the_tuned_settings():
+    from cellformer.models.baselines.additive import TUNED
+
+    config = yaml.safe_load((ROOT / "configs" / "additive.yaml").read_text())
+    assert config["model"]["lr"] == TUNED["lr"] and config["trainer"]["max_steps"] == TUNED["steps"]

@@ -183,7 +183,7 @@ class Dango(PhenotypeModel):
         graph_names: list[str] | None = None,
         pretrain_steps: int = 100,
         pretrain_lr: float = 5e-3,
-        recon_rows: int = 256,
+        recon_rows: int = 128,
         recon_weight: float = 0.1,
         recon_zero_weight: float = 1.0,
         **legacy,
@@ -267,8 +267,10 @@ class Dango(PhenotypeModel):
         target = torch.zeros_like(recon)
         target[pos[ei[0][hit]], ei[1][hit]] = w[hit]
         rows_kept = pos[rows] == torch.arange(rows.numel(), device=h.device)
-        weight = torch.where(target > 0, torch.ones_like(target), torch.full_like(target, self.recon_zero_weight))
-        err = (weight * (recon - target) ** 2).sum(1)
+        sq = (recon - target) ** 2
+        if self.recon_zero_weight != 1.0:
+            sq = sq * torch.where(target > 0, 1.0, self.recon_zero_weight)
+        err = sq.sum(1)
         return err[rows_kept].mean()
 
     # ------------------------------------------------------------------ pretraining
