@@ -3,92 +3,23 @@
 from __future__ import annotations
 
 import itertools
-import warnings
 
 import h5py
-import lightning as L
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from conftest import QUERY_N as N
+from conftest import QUERY_PHENOTYPES as PHENOTYPES
 
-from cellformer.data.context import DataContext
-from cellformer.data.dataset import PerturbationData, PerturbationDataset, PerturbationType, identity_collate
-from cellformer.genome import Genome, SequenceError, UnknownGeneError
-from cellformer.graphs import GeneGraph, GraphSet
+from cellformer.data.dataset import PerturbationData, PerturbationDataset, PerturbationType
+from cellformer.genome import SequenceError, UnknownGeneError
 from cellformer.models.checkpoint import load_checkpoint
 from cellformer.queries import Predictor, screen_pairs, screen_triples
 from cellformer.queries import screen as screen_mod
 from cellformer.queries.cli import main as cli_main
 from cellformer.queries.screen import ScreenAborted, unrank_pairs, unrank_triples
-from cellformer.training.module import PhenotypeModule
 
-N = 30
-PHENOTYPES = ["fitness", "epsilon"]
 CDS = "ATG" + "GCTGAAAAACTGTTTGGCCGTATTAGCACC" * 3 + "TAA"
-
-
-def toy_genome() -> Genome:
-    rng = np.random.default_rng(0)
-    aliases = [f"ALIAS{i}" if i % 3 == 0 else "" for i in range(N)]
-    feats = rng.normal(size=(N, 87)).astype(np.float32) * 0.1
-    return Genome([f"G{i}" for i in range(N)], aliases, features=feats, name="toy")
-
-
-def toy_graphs(genome: Genome) -> GraphSet:
-    rng = np.random.default_rng(1)
-    g1 = GeneGraph.from_edges("g1", N, rng.integers(0, N, 60), rng.integers(0, N, 60))
-    g2 = GeneGraph.from_edges("g2", N, rng.integers(0, N, 50), rng.integers(0, N, 50), directed=True)
-    return GraphSet([g1, g2], genome.hash)
-
-
-def toy_data(genome: Genome) -> PerturbationData:
-    rng = np.random.default_rng(2)
-    sets = [rng.choice(N, size=int(rng.integers(1, 4)), replace=False) for _ in range(64)]
-    sizes = [len(s) for s in sets]
-    return PerturbationData(
-        genes=list(genome.genes),
-        offsets=np.concatenate([[0], np.cumsum(sizes)]),
-        gene_index=np.concatenate(sets),
-        types=np.full(sum(sizes), int(PerturbationType.DELETION)),
-        phenotypes=rng.normal(size=(64, 2)).astype(np.float32),
-        phenotype_names=PHENOTYPES,
-        genome_hash=genome.hash,
-    )
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A CellFormer trained for two steps on the toy data, its checkpoint, and its test-loop predictions."""
-    torch.manual_seed(0)
-    genome = toy_genome()
-    context = DataContext(genome, toy_graphs(genome), PHENOTYPES)
-    module = PhenotypeModule(
-        model="cellformer",
-        model_args={
-            "d_model": 16,
-            "n_layers": 2,
-            "n_heads": 2,
-            "dropout": 0.0,
-            "graph_reg": {"g1": {"layer": 0, "head": 0, "weight": 0.1, "rows": 8}, "g2": {"layer": 1, "head": 1}},
-        },
-        warmup_steps=1,
-        context=context,
-    )
-    data = toy_data(genome)
-    loader = DataLoader(PerturbationDataset(data), batch_size=16, collate_fn=identity_collate)
-    kw = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer = L.Trainer(max_steps=2, enable_model_summary=False, **kw)
-        trainer.fit(module, train_dataloaders=loader)
-        with torch.no_grad():  # two steps barely move the weights: spread them so that effects are visible
-            for p in module.model.parameters():
-                p.add_(torch.randn_like(p) * 0.2)
-        path = tmp_path_factory.mktemp("ckpt") / "toy.ckpt"
-        trainer.save_checkpoint(path)
-        preds = torch.cat(trainer.predict(module, dataloaders=loader)).float()
-    return {"path": path, "data": data, "preds": preds, "genome": genome}
 
 
 @pytest.fixture()
