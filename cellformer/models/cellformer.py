@@ -713,31 +713,40 @@ def neighbour_mean(graph, added: np.ndarray) -> dict[str, torch.Tensor]:
 
 
 def structural_encoding(graphs: Sequence, num_genes: int, dim: int) -> np.ndarray:
-    """(N, dim · len(graphs)) leading eigenvectors of each graph's ``D^-1/2 (A + Aᵀ) D^-1/2``.
+    """(N, dim · len(graphs)) regularised spectral embedding of each graph.
 
-    A fixed, deterministic positional encoding of every gene in each graph (communities show up as blocks
-    of similar rows), scaled to unit mean square per column; signs are fixed so the largest entry is
-    positive. Genes without edges get zeros. Computed once when the model is built and saved with it.
+    For each graph: the leading non-trivial eigenvectors of ``D_τ^-1/2 (A + Aᵀ + τ/N · 11ᵀ) D_τ^-1/2`` with
+    ``τ`` the mean degree (regularised spectral clustering: the τ term joins the many small components of a
+    real interaction graph, so the leading vectors follow its communities instead of being an arbitrary
+    basis of component indicators). A fixed, deterministic positional encoding of every gene, scaled to unit
+    mean square per column, signs fixed so the largest entry is positive; genes without edges get zeros.
+    Computed once when the model is built and saved with it.
     """
-    from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
     cols = []
     for graph in graphs if dim > 0 else []:
         adj = graph.adj if graph.num_nodes == num_genes else graph.with_num_nodes(num_genes).adj
         adj = sp.csr_matrix(adj + adj.T).astype(np.float64)
         deg = np.asarray(adj.sum(axis=1)).ravel()
-        inv = np.divide(1.0, np.sqrt(deg), out=np.zeros_like(deg), where=deg > 0)
-        m = sp.csr_matrix(sp.diags(inv) @ adj @ sp.diags(inv))
-        k = min(dim, max(num_genes - 2, 1))
-        if num_genes <= 2000 or k >= num_genes - 1:
-            vals, vecs = np.linalg.eigh(m.toarray())
-            vecs = vecs[:, np.argsort(vals)[::-1][:k]]
+        tau = max(float(deg.mean()), 1e-3)
+        inv = 1.0 / np.sqrt(deg + tau)
+
+        def matvec(x: np.ndarray, adj=adj, inv=inv, tau=tau) -> np.ndarray:
+            y = inv * np.asarray(x).ravel()
+            return inv * (adj @ y + tau / num_genes * y.sum())
+
+        k = min(dim + 1, num_genes - 1)
+        if num_genes <= 1500:
+            dense = np.stack([matvec(e) for e in np.eye(num_genes)], axis=1)
+            vals, vecs = np.linalg.eigh((dense + dense.T) / 2)
         else:
+            op = LinearOperator((num_genes, num_genes), matvec=matvec, dtype=np.float64)
             try:
-                vals, vecs = eigsh(m, k=k, which="LA", v0=np.full(num_genes, 1.0 / np.sqrt(num_genes)), tol=1e-6)
+                vals, vecs = eigsh(op, k=k, which="LA", v0=np.full(num_genes, 1.0 / np.sqrt(num_genes)), tol=1e-6)
             except ArpackNoConvergence as exc:  # keep the converged ones
                 vals, vecs = exc.eigenvalues, exc.eigenvectors
-            vecs = vecs[:, np.argsort(vals)[::-1]]
+        vecs = vecs[:, np.argsort(vals)[::-1][1:k]]  # drop the trivial leading vector
         vecs = vecs * np.sqrt(num_genes)
         flip = np.sign(vecs[np.abs(vecs).argmax(axis=0), np.arange(vecs.shape[1])])
         vecs = vecs * np.where(flip == 0, 1.0, flip)
