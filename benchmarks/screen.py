@@ -24,13 +24,14 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from timing import device_name, timed  # noqa: E402
 
 from cellformer.queries import Predictor  # noqa: E402
 from cellformer.queries.screen import screen  # noqa: E402
@@ -74,23 +75,6 @@ def build_random_checkpoint(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="checkpoint to benchmark (default: a random quickstart-size CellFormer)")
@@ -110,21 +94,20 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     batch_size = args.batch_size or (32768 if device.type == "cuda" else 1024)
 
+    times: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        ckpt = Path(args.ckpt) if args.ckpt else build_random_checkpoint(Path(tmp) / "random_quickstart.ckpt")
-        t_build = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        predictor = Predictor.from_checkpoint(ckpt, device=device)
-        t_load = time.perf_counter() - t0
+        with timed(device, times, "build"):
+            ckpt = Path(args.ckpt) if args.ckpt else build_random_checkpoint(Path(tmp) / "random_quickstart.ckpt")
+        with timed(device, times, "load"):
+            predictor = Predictor.from_checkpoint(ckpt, device=device)
+    t_build, t_load = times["build"], times["load"]
     n = predictor.num_base_genes
     total = math.comb(n, 2)
     by = predictor.phenotype_names[0]
 
-    t0 = time.perf_counter()
-    predictor.encoding(())
-    sync(device)
-    t_encode = time.perf_counter() - t0
+    with timed(device, times, "encode"):
+        predictor.encoding(())
+    t_encode = times["encode"]
     predictor.fingerprint()  # hashed once, outside the timed loop
 
     # warm-up (allocator, kernels), then the timed run
@@ -132,11 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     pairs = args.pairs or (total if device.type == "cuda" else 200_000)
     pairs = min(pairs, total)
     chunks = max(1, pairs // batch_size) if pairs < total else -(-total // batch_size)
-    sync(device)
-    t0 = time.perf_counter()
-    res = screen(predictor, 2, by=by, top=1000, batch_size=batch_size, max_chunks=chunks, progress=False)
-    sync(device)
-    elapsed = time.perf_counter() - t0
+    with timed(device, times, "screen"):
+        res = screen(predictor, 2, by=by, top=1000, batch_size=batch_size, max_chunks=chunks, progress=False)
+    elapsed = times["screen"]
     scored = res.num_scored
     rate = scored / elapsed
     complete = scored >= total

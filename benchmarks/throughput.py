@@ -25,10 +25,8 @@ same ``T``, heads and head dim, timed in the same run.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
-import platform
 import re
 import shlex
 import sys
@@ -45,6 +43,7 @@ import numpy as np
 import psutil
 import torch
 import torch.nn.functional as F
+from timing import device_name, device_tag, free_memory, is_oom, sync
 from torch.utils.data import DataLoader, RandomSampler
 
 from cellformer.data.dataset import PerturbationData, PerturbationDataset, PerturbationType, identity_collate
@@ -190,44 +189,6 @@ class PeakRSS:
     @property
     def growth_mb(self) -> float:
         return (self.peak - self.start) / 2**20
-
-
-def is_oom(err: BaseException) -> bool:
-    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def free_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} ({torch.get_num_threads()} torch threads, {os.cpu_count()} logical CPUs)"
-
-
-def device_tag(device: torch.device) -> str:
-    """File-name tag: ``cpu`` or ``cuda_<gpu name slug>``."""
-    if device.type != "cuda":
-        return "cpu"
-    return "cuda_" + re.sub(r"[^a-z0-9]+", "_", torch.cuda.get_device_name(device).lower()).strip("_")
 
 
 # ---------------------------------------------------------------------- one timed run
@@ -634,7 +595,7 @@ def main(argv: list[str] | None = None) -> dict:
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
             "device": device.type,
-            "device_name": device_name(device),
+            "device_name": device_name(device, threads=True),
             "torch": torch.__version__,
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
             "bf16": bool(args.bf16 and device.type == "cuda"),
