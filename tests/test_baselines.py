@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import ring_graph, toy_genome
 from torch_geometric.utils import k_hop_subgraph
 
 from cellformer.data.dataset import PerturbationData, PerturbationDataset
@@ -42,8 +43,8 @@ def single_thread():
 def toy() -> tuple[Genome, GraphSet, PerturbationData]:
     """40 genes, a ring graph and a random graph, singles + doubles with fitness and epsilon."""
     rng = np.random.default_rng(0)
-    genome = Genome([f"G{i}" for i in range(N)])
-    ring = GeneGraph.from_edges("ring", N, np.arange(N), (np.arange(N) + 1) % N)
+    genome = toy_genome(N)
+    ring = ring_graph("ring", N)
     src, dst = rng.integers(0, N, 60), rng.integers(0, N, 60)
     rand = GeneGraph.from_edges("random", N, src, dst, directed=True)
     graphs = GraphSet([ring, rand])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 import pytest
+from conftest import random_graph, toy_genome
 
 from cellformer.errors import UserError
 from cellformer.genome import Genome
@@ -12,13 +13,7 @@ from cellformer.graphs import GeneGraph, load_edge_list, yeast_graphs
 
 
 def genome(n: int = 6) -> Genome:
-    return Genome([f"G{i}" for i in range(n)], [f"A{i}" for i in range(n)], name="toy")
-
-
-def random_graph(n: int, m: int, directed: bool, seed: int = 0) -> GeneGraph:
-    g = nx.gnm_random_graph(n, m, seed=seed, directed=directed)
-    e = np.array(g.edges())
-    return GeneGraph.from_edges("rand", n, e[:, 0], e[:, 1], directed=directed)
+    return toy_genome(n, aliases="A{i}", name="toy")
 
 
 def test_edge_list_with_unmapped_row(tmp_path):
