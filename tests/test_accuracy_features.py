@@ -208,3 +208,28 @@ def test_pairwise_summary_is_symmetric_and_zero_for_singletons():
         pair = m.head.pairwise(x, torch.tensor([0, 0, 1]), 2)
     assert torch.allclose(pred[0], pred[1], atol=1e-6)
     assert torch.allclose(pair[0], x[0] * x[1]) and torch.equal(pair[1], torch.zeros(4))
+
+
+def test_label_inputs_are_neighbour_means_of_training_singles_never_the_gene_itself():
+    m = model(identity_dropout=0.0)
+    # singles of genes 0, 1, 9 (fitness 1, 3, 5) and a pair; gene 0's clique is 0..7, gene 9's is 8..15
+    data = PerturbationData(genes=[f"G{i}" for i in range(N)], offsets=np.array([0, 1, 2, 3, 5]),
+                            gene_index=np.array([0, 1, 9, 2, 3], np.int32), types=np.ones(5, np.int8),
+                            phenotypes=np.array([[1.0], [3.0], [5.0], [7.0]], np.float32),
+                            phenotype_names=["fitness"])  # fmt: skip
+    m.set_target_scaling(np.array([2.0]), np.array([2.0]))  # standardised: (y − 2) / 2
+    m.fit_records(data, np.arange(4))
+    f = m.label_features.numpy()  # one graph: [mean of neighbours' singles, share of neighbours measured]
+    assert f[0, 0] == pytest.approx((3.0 - 2) / 2) and f[0, 1] == pytest.approx(1 / 7)  # only gene 1, not itself
+    assert f[2, 0] == pytest.approx(((1 - 2) / 2 + (3 - 2) / 2) / 2) and f[2, 1] == pytest.approx(2 / 7)
+    assert f[9, 0] == 0 and f[9, 1] == 0  # no measured neighbour in 8..15 but itself
+    assert f[8, 0] == pytest.approx((5.0 - 2) / 2)
+
+
+def test_set_graph_features_count_adjacent_member_pairs():
+    m = model()
+    sets = [[0, 1], [0, 9], [0, 1, 9], [3], [0, N]]  # N: an added gene, never adjacent
+    gene_index = torch.tensor([g for s in sets for g in s])
+    ptr = torch.tensor(np.cumsum([0] + [len(s) for s in sets]))
+    feats = m.set_graph_features(gene_index, ptr)[:, 0].tolist()
+    assert feats == pytest.approx([1.0, 0.0, 1 / 3, 0.0, 0.0])

@@ -94,7 +94,11 @@ def test_head_equals_naive_dense_type_reference(pool):
             phi_s = head.phi(H[members], torch.as_tensor(types))  # naive pairwise mean over i < j
             pairs = [phi_s[i] * phi_s[j] for i in range(len(genes)) for j in range(i + 1, len(genes))]
             pair = torch.stack(pairs).mean(0) if pairs else torch.zeros_like(z)
-            ref = head.readout(torch.cat([cls, z, pair])) + head.additive(phi_s).sum(0)
+            pairs_ij = list(itertools.combinations(genes, 2))  # share of member pairs adjacent in each graph
+            adjacent = [np.mean([model.graphs[g].adj[a, b] > 0 for a, b in pairs_ij]) if pairs_ij else 0.0
+                        for g in model.graph_inputs]  # fmt: skip
+            extra = torch.tensor(adjacent, dtype=torch.float32)
+            ref = head.readout(torch.cat([cls, z, pair, extra])) + head.additive(phi_s).sum(0)
             assert torch.allclose(pred[b], ref, atol=1e-5), (b, pred[b], ref)
 
 
@@ -129,6 +133,8 @@ def test_heterologous_variant_batch():
 @pytest.mark.parametrize("attn_dropout", [0.0, 0.1])
 def test_gradient_reaches_every_parameter(attn_dropout):
     model = make_model("attention", dropout=0.1, attn_dropout=attn_dropout).train()
+    with torch.no_grad():  # as if fit_records had found neighbours with single-mutant data
+        model.label_features.normal_()
     batch = collate_perturbations(ITEMS + [item(4, [N, 3], [A, D])], N, HET)
     out = model(batch)
     loss = out.pred.square().sum() + sum(out.losses.values())

@@ -173,6 +173,7 @@ class PerturbationHead(nn.Module):
         num_genes: int = 1,
         pair_features: bool = True,
         additive_path: bool = True,
+        n_extra: int = 0,
     ):
         super().__init__()
         if pool not in POOLS:
@@ -196,7 +197,8 @@ class PerturbationHead(nn.Module):
         self.phi_m = nn.Linear(d_model, d_model, bias=False)
         self.phi_out = nn.Linear(d_model, d_model)
         # readout input: [h_CLS ‖ z_S] (+ the pairwise-interaction summary of the members when pair_features)
-        self.readout = MLP((3 if pair_features else 2) * d_model, d_model, n_phenotypes, 0.0)
+        # (+ ``n_extra`` set features computed outside the head, e.g. graph relations of the member pairs)
+        self.readout = MLP((3 if pair_features else 2) * d_model + n_extra, d_model, n_phenotypes, 0.0)
         if additive_path:  # Σ_{i∈S} a(φ(h_i, m_i)): a per-gene effect read from each member's embedding
             self.additive = nn.Linear(d_model, n_phenotypes)
         self.drop = nn.Dropout(dropout)
@@ -223,6 +225,7 @@ class PerturbationHead(nn.Module):
         batch: torch.Tensor,
         variant: torch.Tensor,
         return_attention: bool = False,
+        extra: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B = ptr.numel() - 1
         H = enc.genes  # (V, L, d)
@@ -249,6 +252,8 @@ class PerturbationHead(nn.Module):
         parts = [enc.cls[variant], self.drop(z)]
         if self.pair_features:
             parts.append(self.drop(self.pairwise(phi_members, batch, B)))
+        if extra is not None:
+            parts.append(extra.to(parts[0].dtype))
         pred = self.readout(torch.cat(parts, dim=-1))
         if self.additive_path:
             pred = pred + scatter(self.additive(phi_members), batch, dim=0, dim_size=B, reduce="sum")
@@ -296,6 +301,11 @@ class CellFormer(PhenotypeModel):
             ``unknown_gene`` identity: their own identity vector was never trained.
         pair_features: add the pairwise-interaction summary of the members to the readout.
         additive_path: add a per-gene effect ``Σ_{i∈S} a(φ(h_i, m_i))`` to the prediction.
+        label_inputs: each token also gets, per input graph, the mean standardised single-mutant phenotypes of
+            the gene's graph neighbours among the training records (never its own; set by :meth:`fit_records`,
+            saved with the weights) and the share of neighbours that have one.
+        pair_graph_features: the readout also gets, per input graph, the share of the set's member pairs that
+            are graph neighbours.
         row_seed: seed of the model's own generator for graph rows and identity dropout (so they never
             shift the global RNG stream that orders batches).
     """
@@ -320,6 +330,8 @@ class CellFormer(PhenotypeModel):
         mask_unseen: bool = True,
         pair_features: bool = True,
         additive_path: bool = True,
+        label_inputs: bool = True,
+        pair_graph_features: bool = True,
         row_seed: int = 0,
     ):
         super().__init__()
@@ -352,8 +364,11 @@ class CellFormer(PhenotypeModel):
             "mask_unseen": mask_unseen,
             "pair_features": pair_features,
             "additive_path": additive_path,
+            "label_inputs": label_inputs,
+            "pair_graph_features": pair_graph_features,
             "row_seed": row_seed,
         }
+        self.label_inputs, self.pair_graph_features = label_inputs, pair_graph_features
         self.graph_inputs, self.input_hops = graph_inputs, input_hops
         self.identity_dropout, self.mask_unseen = identity_dropout, mask_unseen
         self.generator = torch.Generator().manual_seed(row_seed)
@@ -375,6 +390,13 @@ class CellFormer(PhenotypeModel):
                 self.register_buffer(f"input{k}_{part}", t, persistent=False)
         struct = structural_encoding([graphs[n] for n in graph_inputs], self.num_genes, structural_dim)
         self.register_buffer("structure", torch.from_numpy(struct))  # fixed features, saved with the weights
+        n_label = len(graph_inputs) * (len(self.phenotype_names) + 1) if label_inputs else 0
+        self.register_buffer("label_features", torch.zeros(self.num_genes, n_label))  # filled by fit_records
+        for k, name in enumerate(graph_inputs if pair_graph_features else []):  # sorted keys a·N + b of the edges
+            adj = graphs[name].adj
+            adj = sp.coo_matrix(adj + adj.T)
+            keys = np.unique(adj.row.astype(np.int64) * self.num_genes + adj.col.astype(np.int64))
+            self.register_buffer(f"edgekeys{k}", torch.from_numpy(keys), persistent=False)
         self._graph_slot = {name: k for k, name in enumerate(self.graph_reg)}
         self._graph_cache: dict[str, dict[str, torch.Tensor]] = {}
         self._frozen_encoding: EncoderOutput | None = None
@@ -386,6 +408,7 @@ class CellFormer(PhenotypeModel):
         n_hop = len(graph_inputs) * input_hops
         self.hop_proj = nn.ModuleList([nn.Linear(d_model, d_model, bias=False) for _ in range(n_hop)])
         self.structure_proj = nn.Linear(struct.shape[1], d_model) if struct.shape[1] else None
+        self.label_proj = nn.Linear(n_label, d_model) if n_label else None
         self.unknown_gene = nn.Parameter(torch.zeros(d_model))
         self.cls_token = nn.Parameter(torch.zeros(d_model))
         self.embed_drop = nn.Dropout(dropout)
@@ -395,7 +418,14 @@ class CellFormer(PhenotypeModel):
         self.norm_f = nn.LayerNorm(d_model)
         # perturbation head
         self.head = PerturbationHead(
-            d_model, len(self.phenotype_names), pool, dropout, self.num_genes, pair_features, additive_path
+            d_model,
+            len(self.phenotype_names),
+            pool,
+            dropout,
+            self.num_genes,
+            pair_features,
+            additive_path,
+            n_extra=len(graph_inputs) if pair_graph_features else 0,
         )
         self.apply(self._init_weights)
         # Gene identities start at unit scale (nn.Embedding's default), not 0.02: with all-zero sequence
@@ -462,6 +492,8 @@ class CellFormer(PhenotypeModel):
         out = identity.new_zeros(identity.shape)
         if self.structure_proj is not None:
             out = out + self.structure_proj(self.structure)
+        if self.label_proj is not None:
+            out = out + self.label_proj(self.label_features)
         for k in range(len(self.graph_inputs)):
             row, col, val = (getattr(self, f"input{k}_{p}") for p in ("row", "col", "val"))
             x = identity
@@ -479,6 +511,54 @@ class CellFormer(PhenotypeModel):
         genes = genes[(genes >= 0) & (genes < self.num_genes)]
         seen[genes] = True
         self.seen.copy_(torch.from_numpy(seen))
+        if self.label_proj is not None:
+            self.label_features.copy_(torch.from_numpy(self._neighbour_labels(data, np.flatnonzero(in_train))))
+
+    def _neighbour_labels(self, data: PerturbationData, rows: np.ndarray) -> np.ndarray:
+        """(N, G·(P+1)): per input graph, the neighbours' mean standardised single-mutant phenotypes over
+        the training singles (NaN-aware, 0 where none) and the share of neighbours with a measurement."""
+        single = rows[np.diff(data.offsets)[rows] == 1]
+        genes = data.gene_index[data.offsets[single]].astype(np.int64)
+        ok = (genes >= 0) & (genes < self.num_genes)
+        genes, single = genes[ok], single[ok]
+        cols = [data.phenotype_names.index(n) for n in self.phenotype_names]
+        y = self.standardise(torch.from_numpy(data.phenotypes[single][:, cols].astype(np.float32))).numpy()
+        P = len(cols)
+        value = np.zeros((self.num_genes, P))
+        has = np.zeros((self.num_genes, P))
+        np.add.at(value, genes, np.nan_to_num(y))
+        np.add.at(has, genes, ~np.isnan(y))
+        value = np.divide(value, has, out=np.zeros_like(value), where=has > 0)  # per-gene mean of its singles
+        measured = (has > 0).astype(np.float64)
+        out = []
+        for k in range(len(self.graph_inputs)):
+            row, col, val = (getattr(self, f"input{k}_{p}").cpu().numpy() for p in ("row", "col", "val"))
+            a = sp.csr_matrix((np.ones_like(val, dtype=np.float64), (row, col)), shape=(self.num_genes,) * 2)
+            a.setdiag(0)  # never the gene's own value
+            a.eliminate_zeros()
+            s, c = a @ (value * measured), a @ measured
+            deg = np.asarray(a.sum(axis=1)).ravel()[:, None]
+            mean = np.divide(s, c, out=np.zeros_like(s), where=c > 0)
+            share = np.divide(c[:, :1], deg, out=np.zeros_like(deg), where=deg > 0)
+            out.append(np.concatenate([mean, share], axis=1))
+        return np.concatenate(out, axis=1).astype(np.float32)
+
+    def set_graph_features(self, gene_index: torch.Tensor, ptr: torch.Tensor) -> torch.Tensor | None:
+        """(B, G): per input graph, the share of each set's member pairs that are neighbours (0 for singletons)."""
+        if not self.pair_graph_features or not self.graph_inputs:
+            return None
+        a, b, sample = member_pairs(gene_index, ptr)
+        B = ptr.numel() - 1
+        n_pairs = torch.bincount(sample, minlength=B).clamp_min(1).to(torch.float32)
+        out = []
+        for k in range(len(self.graph_inputs)):
+            keys = getattr(self, f"edgekeys{k}")
+            q = a * self.num_genes + b
+            pos = torch.searchsorted(keys, q).clamp_max(max(keys.numel() - 1, 0))
+            hit = (keys[pos] == q) if keys.numel() else torch.zeros_like(q, dtype=torch.bool)
+            hit = hit & (a < self.num_genes) & (b < self.num_genes)
+            out.append(torch.zeros(B, device=ptr.device).index_add(0, sample, hit.float()) / n_pairs)
+        return torch.stack(out, dim=1)
 
     def encode(self, added_features: Sequence[torch.Tensor | None] = ()) -> EncoderOutput:
         """Run the transformer once over every variant (variant 0 first); see :class:`EncoderOutput`."""
@@ -517,7 +597,8 @@ class CellFormer(PhenotypeModel):
         """
         if variant is None:
             variant = torch.zeros(ptr.numel() - 1, dtype=torch.long, device=ptr.device)
-        pred, beta = self.head(enc, gene_index, types, ptr, batch, variant, return_attention)
+        extra = self.set_graph_features(gene_index, ptr)
+        pred, beta = self.head(enc, gene_index, types, ptr, batch, variant, return_attention, extra)
         pred = self.unscale(pred)
         return (pred, beta) if return_attention else pred
 
@@ -532,8 +613,9 @@ class CellFormer(PhenotypeModel):
         if batch.variant.numel() and int(batch.variant.max()) >= len(added):
             raise ValueError(f"batch.variant refers to variant {int(batch.variant.max())} of {len(added)}")
         enc = self._encode_for_batch(added)
+        extra = self.set_graph_features(batch.gene_index, batch.ptr)
         pred, beta = self.head(
-            enc, batch.gene_index, batch.types, batch.ptr, batch.batch, batch.variant, return_attention
+            enc, batch.gene_index, batch.types, batch.ptr, batch.batch, batch.variant, return_attention, extra
         )
         losses = {}
         if graph_losses:
@@ -690,6 +772,25 @@ def oversmoothing(H: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Te
         m = mask.to(u.dtype)[..., None]
         mean = (u * m).sum(-2) / m.sum(-2).clamp_min(1.0)
     return (1.0 - (mean * mean).sum(-1)).clamp(0.0, 1.0)
+
+
+def member_pairs(gene_index: torch.Tensor, ptr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All member pairs i < j of every set in a CSR batch: (gene a, gene b, sample), grouped by set size."""
+    sizes = ptr[1:] - ptr[:-1]
+    parts_a, parts_b, parts_s = [], [], []
+    for size in torch.unique(sizes).tolist():
+        if size < 2:
+            continue
+        samples = torch.nonzero(sizes == size).squeeze(1)
+        members = gene_index[ptr[samples][:, None] + torch.arange(size, device=ptr.device)]  # (n, size)
+        i, j = torch.triu_indices(size, size, offset=1, device=ptr.device)
+        parts_a.append(members[:, i].reshape(-1))
+        parts_b.append(members[:, j].reshape(-1))
+        parts_s.append(samples.repeat_interleave(i.numel()))
+    if not parts_a:
+        empty = gene_index.new_zeros(0, dtype=torch.long)
+        return empty, empty, empty
+    return torch.cat(parts_a).long(), torch.cat(parts_b).long(), torch.cat(parts_s)
 
 
 def neighbour_mean(graph, added: np.ndarray) -> dict[str, torch.Tensor]:
