@@ -7,12 +7,13 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from conftest import dense_graph_kl
 
 from cellformer.data.dataset import collate_perturbations
 from cellformer.genome import Genome
 from cellformer.graphs import GeneGraph, GraphSet
 from cellformer.models.cellformer import CellFormer
-from cellformer.models.graph_reg import dense_graph_kl, graph_kl
+from cellformer.models.graph_reg import graph_kl
 
 N, F_DIM = 60, 6
 

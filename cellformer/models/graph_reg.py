@@ -17,8 +17,8 @@ For a graph ``k`` tied to ``(layer ℓ, head h)`` the term is (design note, sect
 * The normaliser is exact (log-softmax over all N keys); extra memory is O(rows · N) per head, a
   dense N×N map is never built.
 
-The model-facing functions :func:`graph_kl` and :func:`dense_graph_kl` (an O(N²) reference for
-tests) work on a :class:`~cellformer.models.cellformer.CellFormer`.
+The model-facing :func:`graph_kl` works on a :class:`~cellformer.models.cellformer.CellFormer` (the tests
+compare it with an O(N²) dense reference).
 """
 
 from __future__ import annotations
@@ -194,49 +194,3 @@ def graph_kl(model: CellFormer, name: str, rows: int | torch.Tensor | None = Non
         enc: an :class:`EncoderOutput` of the wild-type genome (default: encode it now).
     """
     return model.graph_loss(name, rows=rows, enc=enc)
-
-
-@torch.no_grad()
-def dense_attention(model: CellFormer, layer: int, head: int) -> torch.Tensor:
-    """(N, N) gene–gene attention of ``(layer, head)`` with rows renormalised over gene keys.
-
-    Reference implementation for tests (small N, eval mode): an explicit forward pass that builds the
-    full (N+1)×(N+1) attention maps with plain softmax, independent of SDPA and of the sampled path.
-    """
-    x, _ = model.embed([])  # (1, 1+N, d)
-    for ell, block in enumerate(model.blocks):
-        h = block.norm1(x)
-        q, k, v = block.attn.qkv(h).split(model.d_model, dim=-1)
-        q, k, v = (t.view(1, -1, model.n_heads, model.d_head).transpose(1, 2) for t in (q, k, v))
-        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(model.d_head), dim=-1)  # (1, H, 1+N, 1+N)
-        if ell == layer:
-            gene_block = att[0, head, 1:, 1:]
-            return gene_block / gene_block.sum(-1, keepdim=True)
-        y = (att @ v).transpose(1, 2).reshape(1, -1, model.d_model)
-        x = x + block.attn.proj(y)
-        x = x + block.mlp(block.norm2(x))
-    raise ValueError(f"layer {layer} out of range")
-
-
-@torch.no_grad()
-def dense_graph_kl(model: CellFormer, name: str, rows: torch.Tensor | None = None) -> torch.Tensor:
-    """O(N²) reference of :func:`graph_kl` (eval mode, small N): full attention map, dense ``Ã``.
-
-    ``rows`` defaults to all valid rows of the graph; pass the rows a sampled call used to compare.
-    """
-    cfg = model.graph_reg[name]
-    alpha = dense_attention(model, cfg.layer, cfg.head)
-    added = model.added_mask_np
-    a = model.graphs[name].adj.toarray()
-    a = np.pad(a, ((0, len(added) - a.shape[0]), (0, len(added) - a.shape[1])))
-    a[added, :] = 0
-    a[:, added] = 0
-    deg = a.sum(1, keepdims=True)
-    a = np.divide(a, deg, out=np.zeros_like(a), where=deg > 0)
-    a_t = torch.as_tensor(a, dtype=alpha.dtype, device=alpha.device)
-    if rows is None:
-        rows = torch.as_tensor(np.flatnonzero((deg[:, 0] > 0) & ~added), device=alpha.device)
-    a_r, alpha_r = a_t[rows], alpha[rows]
-    safe = torch.where(a_r > 0, a_r, torch.ones_like(a_r))
-    kl = (a_r * (safe.log() - alpha_r.log())).sum(-1)
-    return cfg.weight * kl.mean()
