@@ -166,6 +166,21 @@ def test_ld_graph_uses_training_rows_and_rewire_keeps_degrees(population):
     assert (ctl.adj != g.adj).nnz > 0
 
 
+def test_gene_graph_reaches_loci_through_nearest_genes():
+    from cellformer.genotype.locus_graph import gene_graph_loci
+    from cellformer.graphs.graph import GeneGraph
+
+    class Genes:  # the part of a Genome the builder uses
+        def lookup(self, name: str) -> int:
+            return {"A": 0, "B": 1, "C": 2}.get(name, -1)
+
+    genes = GeneGraph.from_edges("g", 3, np.array([0]), np.array([1]), np.array([0.5]))
+    graph, report = gene_graph_loci(["A", "B", "A", "", "Z"], Genes(), genes, name="loci")
+    adj = graph.adj.toarray()
+    assert adj[0, 1] == adj[1, 2] == 0.5 and adj[0, 2] == 1.0  # gene edge; same nearest gene
+    assert adj[3].sum() == adj[4].sum() == 0 and report["mapped"] == 3 and report["unknown_genes"] == ["Z"]
+
+
 def _write_genotype_table(path, data: GenotypeData, drop: str | None = None) -> None:
     ids = [m for m in data.loci.ids if m != drop]
     cols = [data.loci.ids.index(m) for m in ids]
@@ -223,3 +238,20 @@ data:
     capsys.readouterr()
     assert main(["predict", "--ckpt", str(ckpt), "--genotypes", str(bad)]) == 2
     assert "m03" in capsys.readouterr().err
+
+
+def test_benchmark_quick_mode_writes_its_report(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "genotype.py"
+    spec = importlib.util.spec_from_file_location("genotype_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--quick", "--out-dir", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "genotype_quick.json").read_text())
+    assert {t["target"].split(":")[0][:10] for t in result["targets"]} and len(result["targets"]) == 4
+    assert set(result["table"]["models"]) == {"ridge", "lasso", "canonical_transformer"}
+    assert (tmp_path / "genotype_quick.md").read_text().startswith("# Genotype")
+    assert (tmp_path / "genotype_quick.png").stat().st_size > 0
