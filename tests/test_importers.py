@@ -90,7 +90,7 @@ def test_costanzo_clean_counts(genome):
     data, rep = read_costanzo2016(FIX / "costanzo2016_clean.txt", genome)
     assert data.phenotype_names == COSTANZO_PHENOTYPES
     assert data.genes == genome.genes and data.genome_hash == genome.hash
-    assert rep.rows == 10 and rep.bad_rows == 0 and rep.unmapped_rows == 0
+    assert rep.rows == rep.imported == 10 and rep.rejected == 0 and rep.unmapped_rows == 0
     assert rep.records_by_size == {1: 14, 2: 10}
     assert len(data) == 24 and np.bincount(data.set_sizes).tolist() == [0, 14, 10]
     assert rep.fitness_records == 14 and rep.fitness_observations == 20 and rep.interaction_rows == 10
@@ -138,8 +138,9 @@ def test_costanzo_malformed_raises_with_line(genome):
 def test_costanzo_malformed_skipped_and_reported(genome):
     data, rep = read_costanzo2016(FIX / "costanzo2016_malformed.txt", genome, skip_bad_rows=True)
     assert rep.rows == 10
-    assert rep.bad_rows == 3 and [ln for ln, _ in rep.bad_examples] == [7, 8, 10]
-    assert "not a number" in rep.bad_examples[1][1] and "YAL002Wsn1234" in rep.bad_examples[2][1]
+    assert rep.rejected == 3 and [ln for ln, _ in rep.examples] == [7, 8, 10] and rep.imported == 7
+    assert rep.rejected_by_kind == {"malformed": 3}
+    assert "not a number" in rep.examples[1][1] and "YAL002Wsn1234" in rep.examples[2][1]
     assert rep.unmapped_rows == 1 and rep.unmapped_examples == [(9, "YXX999W")]
     assert rep.unmapped_genes == {"YXX999W"}
     assert rep.records_by_size == {1: 9, 2: 6}
@@ -147,7 +148,7 @@ def test_costanzo_malformed_skipped_and_reported(genome):
     (r,) = _find(data, genome, ["YAL002W"], "DMA30")
     assert _value(data, r, "fitness_n") == 4
     text = rep.summary()
-    assert "3 malformed rows" in text and "line 7" in text and "line 9: YXX999W" in text
+    assert "3 rows rejected (malformed: 3)" in text and "line 7" in text and "line 9: YXX999W" in text
 
 
 def test_costanzo_round_trip_and_gzip(genome, tmp_path):
@@ -176,7 +177,7 @@ def test_costanzo_bad_header(genome, tmp_path):
 def test_kuzmin2018_clean_counts(genome):
     data, rep = read_kuzmin2018(FIX / "kuzmin2018_clean.txt", genome)
     assert data.phenotype_names == KUZMIN_PHENOTYPES and data.condition is None
-    assert rep.rows == 9 and rep.bad_rows == 0 and rep.unmapped_rows == 0 and not rep.notes
+    assert rep.rows == 9 and rep.rejected == 0 and rep.unmapped_rows == 0 and not rep.notes
     assert rep.records_by_size == {1: 6, 2: 7, 3: 4}
     assert rep.skipped["hoΔ markers dropped from digenic queries"] == 5
     assert rep.skipped["fitness observations missing (NaN) and not averaged"] == 1
@@ -236,8 +237,8 @@ def test_kuzmin2018_malformed(genome):
     assert exc.value.line == 6 and "expected 12" in str(exc.value)
     data, rep = read_kuzmin2018(FIX / "kuzmin2018_malformed.txt", genome, skip_bad_rows=True)
     assert rep.rows == 10
-    assert [ln for ln, _ in rep.bad_examples] == [6, 7, 9, 10] and rep.bad_rows == 4
-    assert "quadgenic" in rep.bad_examples[3][1]
+    assert [ln for ln, _ in rep.examples] == [6, 7, 9, 10] and rep.rejected == 4
+    assert "quadgenic" in rep.examples[3][1]
     assert rep.unmapped_examples == [(8, "YXX999W")] and rep.unmapped_rows == 1
     assert rep.records_by_size == {1: 5, 2: 5, 3: 1}
     (r,) = _find(data, genome, ["YAL015C"])
@@ -332,7 +333,7 @@ def test_cli_import_screen(tmp_path, capsys):
     assert _cli(argv + ["--skip-bad-rows", "--seed", "3"]) == 0
     data = PerturbationData.load(out)
     assert len(data) == 11 and data.split is not None and set(np.unique(data.split)) <= {0, 1, 2}
-    assert "4 malformed rows" in capsys.readouterr().out
+    assert "4 rows rejected (malformed: 4)" in capsys.readouterr().out
     out2 = tmp_path / "c.h5"
     argv = ["import-screen", "--format", "costanzo2016", str(FIX / "costanzo2016_clean.txt"), "--out", str(out2)]
     assert _cli(argv + ["--split", "none"]) == 0

@@ -88,14 +88,37 @@ class TableImportError(UserError):
 
 @dataclass
 class ImportReport:
-    """What happened to the rows of one table.
+    """What happened to the rows of one imported file: every importer (perturbation tables, published
+    screens, genotype tables) returns one. Fields that do not apply to an importer keep their defaults
+    and are left out of :meth:`summary`.
 
-    ``rejected_by_kind`` counts rejected rows by problem kind (``unknown_gene``, ``duplicate_gene``,
-    ``empty_genes``, ``bad_value``, ``types_mismatch``, ``bad_type``, ``bad_split``, ``field_count``);
-    ``examples`` holds the first few ``(line, message)`` pairs.
+    Attributes:
+        source: the file read.
+        format: the importer's format name (``table``, ``costanzo2016``, ``kuzmin2018``, ``kuzmin2020``,
+            ``genotype-table``).
+        rows: data rows read (header, blank and comment lines excluded).
+        imported: rows imported (read and not rejected).
+        rejected / rejected_by_kind / examples: rows rejected (bad rows; skipped rather than fatal where
+            the importer allows it), counted by problem kind (``unknown_gene``, ``bad_value``,
+            ``field_count``, ``malformed``, ``bad_allele``…), and the first ``max_examples``
+            ``(line, problem)`` pairs.
+        rejects_path: the file the rejected rows were written to, if any.
+        phenotype_names: the phenotype columns read.
+        unmapped_rows / unmapped_genes / unmapped_examples: rows naming genes that are not in the genome
+            (kept but incomplete, e.g. a screen row whose interaction record cannot be made), the
+            distinct names and ``(line, name)`` examples.
+        skipped: other rows or values left out, by reason (e.g. missing fitness values).
+        records_by_size: records made, by gene set size (when rows and records differ, as in screens).
+        interaction_rows: rows that became an interaction record (screens).
+        fitness_records / fitness_observations: de-duplicated fitness records and the finite values
+            averaged into them (screens).
+        genotyped_without_phenotypes / phenotyped_without_genotypes: samples of a genotype import found
+            in only one of the genotype and phenotype tables.
+        notes: remarks about the file (allele coding, header wording, marker placement, unmatched samples).
     """
 
     source: str
+    format: str = ""
     rows: int = 0
     imported: int = 0
     rejected: int = 0
@@ -103,19 +126,73 @@ class ImportReport:
     examples: list[tuple[int, str]] = field(default_factory=list)
     rejects_path: str | None = None
     phenotype_names: list[str] = field(default_factory=list)
+    unmapped_rows: int = 0
+    unmapped_genes: set[str] = field(default_factory=set)
+    unmapped_examples: list[tuple[int, str]] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    records_by_size: dict[int, int] = field(default_factory=dict)
+    interaction_rows: int = 0
+    fitness_records: int = 0
+    fitness_observations: int = 0
+    genotyped_without_phenotypes: int = 0
+    phenotyped_without_genotypes: int = 0
+    notes: list[str] = field(default_factory=list)
     max_examples: int = 5
 
+    def reject(self, line: int, kind: str, problem: str) -> None:
+        """Count a rejected row of problem ``kind`` (and keep it as an example while there is room)."""
+        self.rejected += 1
+        self.rejected_by_kind[kind] += 1
+        if len(self.examples) < self.max_examples:
+            self.examples.append((line, problem))
+
+    def add_unmapped(self, line: int, gene: str) -> None:
+        """Record a gene name on ``line`` that is not in the genome (the caller counts the row)."""
+        self.unmapped_genes.add(gene)
+        if len(self.unmapped_examples) < self.max_examples:
+            self.unmapped_examples.append((line, gene))
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` rows or values left out for ``reason``."""
+        self.skipped[reason] = self.skipped.get(reason, 0) + n
+
+    @property
+    def num_records(self) -> int:
+        """Records made (the sum of :attr:`records_by_size`)."""
+        return sum(self.records_by_size.values())
+
     def summary(self) -> str:
-        """One human-readable paragraph."""
-        text = f"{self.source}: {self.imported} of {self.rows} rows imported"
+        """One human-readable paragraph (rows, records, rejects, unmapped genes, skips), then one line per note."""
+        fmt = f" ({self.format})" if self.format else ""
+        head = f"{self.source}{fmt}: {self.imported} of {self.rows} rows imported"
         if self.phenotype_names:
-            text += f" (phenotypes: {', '.join(self.phenotype_names)})"
+            head += f" (phenotypes: {', '.join(self.phenotype_names)})"
+        parts = [head]
+        if self.records_by_size:
+            sizes = ", ".join(f"{n} of size {k}" for k, n in sorted(self.records_by_size.items()))
+            parts.append(f"{self.num_records} records made ({sizes})")
+        if self.interaction_rows or self.fitness_records:
+            parts.append(
+                f"{self.interaction_rows} interaction records, {self.fitness_records} fitness records "
+                f"averaged from {self.fitness_observations} observations"
+            )
         if self.rejected:
             kinds = ", ".join(f"{k}: {v}" for k, v in sorted(self.rejected_by_kind.items()))
             ex = "; ".join(f"line {ln}: {msg}" for ln, msg in self.examples)
-            text += f"; {self.rejected} rows rejected ({kinds}); e.g. {ex}"
+            rejected = f"{self.rejected} rows rejected ({kinds}); e.g. {ex}"
             if self.rejects_path:
-                text += f"; rejected rows written to {self.rejects_path}"
+                rejected += f"; rejected rows written to {self.rejects_path}"
+            parts.append(rejected)
+        if self.unmapped_rows:
+            ex = ", ".join(f"line {ln}: {g}" for ln, g in self.unmapped_examples)
+            parts.append(
+                f"{self.unmapped_rows} rows name genes not in the genome ({len(self.unmapped_genes)} distinct; "
+                f"e.g. {ex})"
+            )
+        parts.extend(f"{n} {reason}" for reason, n in self.skipped.items())
+        text = "; ".join(parts)
+        if self.notes:
+            text += "\n" + "\n".join(f"  note: {n}" for n in self.notes)
         return text
 
 
@@ -250,7 +327,7 @@ def import_table(
     """
     path = Path(path)
     parser, header_line, lines = _open_table(path, genome, phenotypes=True)
-    report = ImportReport(str(path), phenotype_names=list(parser.phenotype_names))
+    report = ImportReport(str(path), "table", phenotype_names=list(parser.phenotype_names))
     rows: list[_Row] = []
     rejects: list[str] = []
     for lineno, line, fields in lines:
@@ -260,10 +337,7 @@ def import_table(
         except TableImportError as e:
             if not skip_bad_rows:
                 raise
-            report.rejected += 1
-            report.rejected_by_kind[e.kind] += 1
-            if len(report.examples) < report.max_examples:
-                report.examples.append((lineno, e.problem))
+            report.reject(lineno, e.kind, e.problem)
             rejects.append(f"{line}\tline {lineno}: {e.problem}")
     report.imported = len(rows)
     if rejects_path is not None and rejects:

@@ -15,9 +15,12 @@ unless ``reference_allele="0"``; ±1 tables are kept as they are unless ``refere
 
 **Bad rows** (wrong number of fields, an unknown allele code, a duplicate or empty sample id, a
 non-numeric phenotype) do not stop the import: each is reported as ``file:line: problem``, counted in
-the :class:`GenotypeImportReport` and written to the rejects file when one is given. Samples with
-genotypes but no phenotype row are kept (phenotypes NaN) and counted; phenotype rows without a
-genotyped sample cannot be used and are counted and named in the report. Nothing is dropped silently.
+the :class:`~cellformer.data.table.ImportReport` and written to the rejects file when one is given.
+Samples with genotypes but no phenotype row are kept (phenotypes NaN) and counted; phenotype rows
+without a genotyped sample cannot be used and are counted and named in the report. Nothing is dropped
+silently. The report's ``rows`` / ``imported`` / ``rejected`` count genotype-table rows plus
+phenotype-table rows; its ``notes`` say how alleles were coded, which samples lack phenotypes or
+genotypes, and which markers have no position.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,41 +51,16 @@ _ROMAN = {"I": 1, "V": 5, "X": 10, "L": 50, "C": 100}
 _CHR_IN_NAME = re.compile(r"(?:^|[_:.\-|])chr(?:omosome)?[_]?([0-9]+|[ivxlc]+)[_:.\-|](\d+)(?=$|[_:.\-|])", re.I)
 
 
-@dataclass
-class GenotypeImportReport(ImportReport):
-    """:class:`~cellformer.data.table.ImportReport` for genotype imports, with notes on coding and matching.
-
-    ``rows`` / ``imported`` / ``rejected`` count genotype-table rows plus phenotype-table rows;
-    ``notes`` say how alleles were coded, which samples lack phenotypes or genotypes, and which markers
-    have no position.
-    """
-
-    notes: list[str] = field(default_factory=list)
-    genotyped_without_phenotypes: int = 0
-    phenotyped_without_genotypes: int = 0
-
-    def summary(self) -> str:
-        """One human-readable paragraph (rows, rejects, notes)."""
-        text = super().summary()
-        if self.notes:
-            text += "\n" + "\n".join(f"  note: {n}" for n in self.notes)
-        return text
-
-
 class _Rejects:
     """Collects rejected rows for the report and the rejects file."""
 
-    def __init__(self, report: GenotypeImportReport):
+    def __init__(self, report: ImportReport):
         self.report = report
         self.lines: list[tuple[int, int, str]] = []
         self.files: dict[str, int] = {}
 
     def add(self, path: Path, line: int, kind: str, problem: str, raw: str) -> None:
-        r = self.report
-        r.rejected += 1
-        r.rejected_by_kind[kind] += 1
-        if len(r.examples) < r.max_examples:
-            r.examples.append((line, f"{path.name}: {problem}"))
+        self.report.reject(line, kind, f"{path.name}: {problem}")
         self.files.setdefault(str(path), len(self.files))
         self.lines.append((self.files[str(path)], line, f"{path}\t{line}\t{kind}\t{problem}\t{raw}"))
 
@@ -217,7 +194,7 @@ def read_marker_table(path: str | Path, delimiter: str | None = None) -> dict[st
 
 
 def _loci_for(
-    ids: list[str], markers: dict[str, tuple[int, int, str]] | None, report: GenotypeImportReport | None
+    ids: list[str], markers: dict[str, tuple[int, int, str]] | None, report: ImportReport | None
 ) -> Loci:
     chrom = np.zeros(len(ids), dtype=np.int16)
     pos = np.full(len(ids), -1, dtype=np.int64)
@@ -306,7 +283,7 @@ def read_genotype_table(
     reference_allele: str | None = None,
     delimiter: str | None = None,
     rejects: str | Path | None = None,
-) -> tuple[GenotypeData, GenotypeImportReport]:
+) -> tuple[GenotypeData, ImportReport]:
     """Import a samples × markers table and a phenotype table (allele convention in the module docstring).
 
     Args:
@@ -335,7 +312,7 @@ def read_genotype_table(
     dup = next((m for m, c in Counter(marker_ids).items() if c > 1), None)
     if dup is not None:
         raise UserError(f"{path}:{hline}: marker {dup!r} appears twice in the header")
-    report = GenotypeImportReport(str(path))
+    report = ImportReport(str(path), "genotype-table")
     rej = _Rejects(report)
     width = len(head)
 
@@ -440,7 +417,7 @@ def read_genotype_table(
 
 
 def _read_phenotypes(
-    path: Path, delimiter: str | None, report: GenotypeImportReport, rej: _Rejects
+    path: Path, delimiter: str | None, report: ImportReport, rej: _Rejects
 ) -> tuple[list[str], dict[str, np.ndarray]]:
     path, hline, header, lines = _open(path, "phenotype table")
     delim = _sniff(header, delimiter)
@@ -587,7 +564,6 @@ def read_npy_splits(
 
 __all__ = [
     "ALLELE_CODINGS",
-    "GenotypeImportReport",
     "NPY_PHENOTYPE_NAMES",
     "parse_chromosome",
     "parse_marker_name",

@@ -51,13 +51,13 @@ import math
 import re
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from cellformer.data.dataset import PerturbationData, PerturbationType
-from cellformer.data.table import MISSING_VALUES, parse_value
+from cellformer.data.table import MISSING_VALUES, ImportReport, parse_value
 from cellformer.errors import UserError
 from cellformer.genome.genome import Genome
 
@@ -146,82 +146,6 @@ class ImportFormatError(UserError):
 
 class _RowError(Exception):
     """A malformed data row (internal; becomes ImportFormatError or a report entry)."""
-
-
-@dataclass
-class ImportReport:
-    """What happened to the rows of one screen file.
-
-    Attributes:
-        source: the file read.
-        format: the importer's format name.
-        rows: data rows read (header and blank lines excluded).
-        interaction_rows: rows that became an interaction record.
-        bad_rows / bad_examples: malformed rows skipped (``skip_bad_rows=True``), ``(line, problem)``.
-        unmapped_rows / unmapped_genes / unmapped_examples: rows naming ORFs that are not in the genome
-            (their interaction record is not made; fitness of their mapped strains is still used),
-            ``(line, ORF)`` examples.
-        skipped: other rows or values left out, by reason (e.g. missing fitness values).
-        records_by_size: number of records of each set size.
-        fitness_records / fitness_observations: de-duplicated fitness records and the finite values
-            averaged into them.
-        notes: remarks about the file (e.g. header names that differ from the documented ones).
-    """
-
-    source: str
-    format: str
-    rows: int = 0
-    interaction_rows: int = 0
-    bad_rows: int = 0
-    bad_examples: list[tuple[int, str]] = field(default_factory=list)
-    unmapped_rows: int = 0
-    unmapped_genes: set[str] = field(default_factory=set)
-    unmapped_examples: list[tuple[int, str]] = field(default_factory=list)
-    skipped: dict[str, int] = field(default_factory=dict)
-    records_by_size: dict[int, int] = field(default_factory=dict)
-    fitness_records: int = 0
-    fitness_observations: int = 0
-    notes: list[str] = field(default_factory=list)
-    max_examples: int = 5
-
-    def add_bad(self, line: int, problem: str) -> None:
-        self.bad_rows += 1
-        if len(self.bad_examples) < self.max_examples:
-            self.bad_examples.append((line, problem))
-
-    def add_unmapped(self, line: int, gene: str) -> None:
-        self.unmapped_genes.add(gene)
-        if len(self.unmapped_examples) < self.max_examples:
-            self.unmapped_examples.append((line, gene))
-
-    def skip(self, reason: str, n: int = 1) -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + n
-
-    @property
-    def num_records(self) -> int:
-        return sum(self.records_by_size.values())
-
-    def summary(self) -> str:
-        """A readable paragraph."""
-        sizes = ", ".join(f"{n} of size {k}" for k, n in sorted(self.records_by_size.items())) or "none"
-        parts = [
-            f"{self.source} ({self.format}): {self.rows} data rows read, {self.num_records} records made "
-            f"({sizes}); {self.interaction_rows} interaction records, {self.fitness_records} fitness records "
-            f"averaged from {self.fitness_observations} observations"
-        ]
-        if self.bad_rows:
-            ex = "; ".join(f"line {ln}: {p}" for ln, p in self.bad_examples)
-            parts.append(f"{self.bad_rows} malformed rows skipped (e.g. {ex})")
-        if self.unmapped_rows:
-            ex = ", ".join(f"line {ln}: {g}" for ln, g in self.unmapped_examples)
-            parts.append(
-                f"{self.unmapped_rows} rows name ORFs not in the genome ({len(self.unmapped_genes)} distinct; "
-                f"e.g. {ex}); their interaction records were not made"
-            )
-        for reason, n in self.skipped.items():
-            parts.append(f"{n} {reason}")
-        parts.extend(self.notes)
-        return ". ".join(parts) + "."
 
 
 # ---------------------------------------------------------------------- small helpers
@@ -432,6 +356,7 @@ class _Builder:
         report.fitness_records = len(rows)
         rows.extend(self.records)
         report.interaction_rows = len(self.records)
+        report.imported = report.rows - report.rejected
         sizes = np.array([len(r[0]) for r in rows], dtype=np.int64)
         for s in sizes.tolist():
             report.records_by_size[s] = report.records_by_size.get(s, 0) + 1
@@ -458,11 +383,15 @@ class _Builder:
         )
 
 
+_UNMAPPED_SKIP = "interaction records not made (a gene of the row is not in the genome)"
+
+
 def _map(genome: Genome, orfs: Sequence[str], lineno: int, report: ImportReport) -> list[int]:
     idx = [genome.lookup(o) for o in orfs]
     missing = [o for o, i in zip(orfs, idx, strict=True) if i < 0]
     if missing:
         report.unmapped_rows += 1
+        report.skip(_UNMAPPED_SKIP)
         for o in missing:
             report.add_unmapped(lineno, o)
     return idx
@@ -471,7 +400,7 @@ def _map(genome: Genome, orfs: Sequence[str], lineno: int, report: ImportReport)
 def _handle_bad(path: Path, lineno: int, err: _RowError, skip_bad_rows: bool, report: ImportReport) -> None:
     if not skip_bad_rows:
         raise ImportFormatError(path, lineno, str(err)) from None
-    report.add_bad(lineno, str(err))
+    report.reject(lineno, "malformed", str(err))
 
 
 # ---------------------------------------------------------------------- Costanzo 2016
