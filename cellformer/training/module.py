@@ -14,6 +14,7 @@ from cellformer.errors import UserError
 from cellformer.models.checkpoint import CHECKPOINT_KEY, check_genome, context_to_checkpoint
 from cellformer.models.registry import build_model
 from cellformer.training.metrics import format_metrics_table, masked_mse, regression_metrics
+from cellformer.training.optim import adamw_warmup_cosine
 
 
 class PhenotypeModule(L.LightningModule):
@@ -204,26 +205,9 @@ class PhenotypeModule(L.LightningModule):
     def configure_optimizers(self):
         if not self.model.trainable:
             return None  # closed-form model (fitted in ``setup``)
-        decay, no_decay = [], []
-        for n, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 or "embed" in n or "norm" in n else decay).append(p)
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr,
-        )
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self.trainer is not None else 1000
-        warm, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
-
-        def schedule(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            t = min(1.0, (step - warm) / max(1, total - warm))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        hp = self.hparams
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1000
+        return adamw_warmup_cosine(self.model, hp.lr, hp.weight_decay, hp.warmup_steps, hp.min_lr_ratio, total)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
