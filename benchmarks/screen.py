@@ -4,8 +4,8 @@
     python benchmarks/screen.py --device cuda           # all ~20.5 M yeast pairs, timed end to end
     python benchmarks/screen.py --ckpt runs/best.ckpt   # a trained checkpoint instead
 
-Without ``--ckpt`` it builds an untrained CellFormer at the quickstart size (d_model 64, 2 layers,
-4 heads, 4 regularised graphs) on the embedded yeast genome with random weights — throughput does not
+Without ``--ckpt`` it builds an untrained CellFormer exactly as ``configs/quickstart.yaml`` does (its model
+arguments and graphs) on the embedded yeast genome with random weights — throughput does not
 depend on training — writes it as a cellformer checkpoint and loads it back through the normal path
 (:meth:`Predictor.from_checkpoint`). The measured loop is :func:`cellformer.queries.screen.screen` itself
 (vectorised pair generation, the head on the cached encoding, the top-k merge), by ``fitness``.
@@ -36,25 +36,15 @@ from timing import device_name, timed  # noqa: E402
 from cellformer.queries import Predictor  # noqa: E402
 from cellformer.queries.screen import screen  # noqa: E402
 
-QUICKSTART_ARGS = {
-    "d_model": 64,
-    "n_layers": 2,
-    "n_heads": 4,
-    "dropout": 0.0,
-    "pool": "mean",
-    "graph_reg": {
-        "string_database": {"layer": 0, "head": 0, "weight": 0.1, "rows": 128},
-        "ppi_physical": {"layer": 0, "head": 1, "weight": 0.1, "rows": 128},
-        "coexpression_hu": {"layer": 0, "head": 2, "weight": 0.1, "rows": 128},
-        "regulatory": {"layer": 0, "head": 3, "weight": 0.1, "rows": 128},
-    },
-}
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 CPU_TARGET_PAIRS_PER_S = 20_000
 GPU_TARGET_ALL_PAIRS_S = 30.0
 
 
 def build_random_checkpoint(path: Path, seed: int = 0) -> Path:
-    """An untrained quickstart-size CellFormer on the yeast genome, saved as a cellformer checkpoint."""
+    """An untrained CellFormer built as ``configs/quickstart.yaml`` builds it, saved as a cellformer checkpoint."""
+    import yaml
+
     from cellformer.data.context import DataContext
     from cellformer.data.simulate import PHENOTYPES
     from cellformer.genome import yeast_genome
@@ -62,11 +52,13 @@ def build_random_checkpoint(path: Path, seed: int = 0) -> Path:
     from cellformer.models.checkpoint import CHECKPOINT_KEY, context_to_checkpoint
     from cellformer.models.registry import build_model
 
+    config = yaml.safe_load(QUICKSTART.read_text())
+    model_args, graph_names = config["model"]["model_args"], config["data"]["graphs"]
     torch.manual_seed(seed)
     genome = yeast_genome()
-    graphs, _ = yeast_graphs(list(QUICKSTART_ARGS["graph_reg"]), genome)
+    graphs, _ = yeast_graphs(graph_names, genome)
     context = DataContext(genome, graphs, list(PHENOTYPES))
-    model = build_model("cellformer", genome, graphs, list(PHENOTYPES), **QUICKSTART_ARGS)
+    model = build_model("cellformer", genome, graphs, list(PHENOTYPES), **model_args)
     ckpt = {
         "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
         CHECKPOINT_KEY: context_to_checkpoint(context, "cellformer", model.hparams_dict),
