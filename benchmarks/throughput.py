@@ -1,15 +1,37 @@
 """Training-step throughput of CellFormer against the graph baselines, under identical conditions.
 
-Unlike the design note's table (which timed only the batch transfer), every timed step here is a FULL
-training step: collate (the dataset's vectorised ``__getitems__``) + host->device copy + forward +
-loss (masked MSE + the model's extra loss terms) + backward + AdamW step, with
-``torch.cuda.synchronize()`` before the clock is read on GPU.
+Every timed step is a FULL training step: collate (the dataset's vectorised ``__getitems__``) +
+host->device copy + forward + loss (masked MSE + the model's extra loss terms) + backward + AdamW step,
+with ``torch.cuda.synchronize()`` before the clock is read on GPU.
+
+Each method is built as a user trains it: its architecture (``model.model_args``) and its graphs
+(``data.graphs``) are read at run time from its training config, so the benchmark follows the configs:
+
+=============  ==========================================================
+method         config (``--config-dir``, default ``configs/``)
+=============  ==========================================================
+cellformer     ``quickstart.yaml``
+dango          ``dango.yaml``
+lazy           ``lazy.yaml``
+1/2/3-hop      ``neighbor.yaml`` with ``hops`` set to 1, 2, 3
+additive       ``additive.yaml``
+=============  ==========================================================
+
+Nothing is fitted before timing (no target scaling, no DANGO pre-training): only the steady-state cost
+of a gradient step is measured. ``graph_smoothing`` has no gradient step and is not benchmarked.
+
+Every method runs at every batch size of ``--sweep`` plus ``--equal-batch``. The report has two tables:
+*equal batch* (all methods at ``--equal-batch``, with each method's samples/s divided by CellFormer's at
+the same batch size, measured in the same run) and *best batch* (each method at the batch size of its
+highest samples/s over the sweep, divided by CellFormer's best). The per-sample graph methods (lazy and
+the k-hop neighbourhoods), whose step cost grows with the batch size, skip a size whose step is predicted
+(from the smaller sizes already measured) to take more than ``--max-step-seconds``; such cells are
+reported as ``skipped (> cap)``.
 
 Examples::
 
-    python benchmarks/throughput.py --device cpu --quick
-    python benchmarks/throughput.py --device cuda --bf16 --sweep 16,64,256,1024
-    python benchmarks/throughput.py --device cuda --batch-sizes 64,28   # + the note's 64 (DANGO) / 28 setting
+    python benchmarks/throughput.py --device cpu --quick --sweep 16,64,256,1024
+    python benchmarks/throughput.py --device cuda --bf16 --sweep 16,64,256,1024,4096
 
 Writes ``benchmarks/results/throughput_<device>.{md,json,png}``.
 
@@ -27,14 +49,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+import warnings
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -43,20 +65,64 @@ import numpy as np
 import psutil
 import torch
 import torch.nn.functional as F
+import yaml
 from timing import device_name, device_tag, free_memory, is_oom, sync
 from torch.utils.data import DataLoader, RandomSampler
 
 from cellformer.data.dataset import PerturbationData, PerturbationDataset, PerturbationType, identity_collate
-from cellformer.defaults import DEFAULT_DATASET
+from cellformer.defaults import DEFAULT_DATASET, YEAST_GRAPHS
+from cellformer.defaults import ROOT as CELLFORMER_HOME
 from cellformer.genome import Genome, yeast_genome
-from cellformer.graphs import GraphSet, yeast_graphs
+from cellformer.graphs import GraphSet, load_graphs
 from cellformer.models.base import PhenotypeModel
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-ALL_METHODS = ["cellformer", "dango", "lazy", "1-hop", "2-hop", "3-hop", "additive"]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+CONFIG_DIR = REPO_ROOT / "configs"
+#: benchmarked method -> (training config, registered model name, fixed model_args overrides)
+METHODS: dict[str, tuple[str, str, dict]] = {
+    "cellformer": ("quickstart.yaml", "cellformer", {}),
+    "dango": ("dango.yaml", "dango", {}),
+    "lazy": ("lazy.yaml", "lazy", {}),
+    "1-hop": ("neighbor.yaml", "neighbor", {"hops": 1}),
+    "2-hop": ("neighbor.yaml", "neighbor", {"hops": 2}),
+    "3-hop": ("neighbor.yaml", "neighbor", {"hops": 3}),
+    "additive": ("additive.yaml", "additive", {}),
+}
+ALL_METHODS = list(METHODS)
 #: methods whose CPU step takes seconds at yeast size: few timed steps in --quick mode
 SLOW_ON_CPU = {"cellformer", "lazy", "2-hop", "3-hop"}
-DEFAULT_GRAPHS = "string_neighborhood,string_database,ppi_physical,regulatory"
+#: methods that run a graph per sample, so their step cost grows with the batch size (subject to the step cap)
+COST_GROWS_WITH_B = {"lazy", "1-hop", "2-hop", "3-hop"}
+SKIPPED_CAP = "skipped (> cap)"
+
+
+def rel_path(path: str | Path) -> str:
+    """``path`` relative to the repository root (or to ``$CELLFORMER_HOME``), so reports hold no machine paths.
+
+    Paths elsewhere (e.g. a temporary directory) are returned as given.
+    """
+    p = Path(path)
+    if not p.is_absolute():
+        return str(path)
+    for base, prefix in ((REPO_ROOT, ""), (CELLFORMER_HOME, "$CELLFORMER_HOME/")):
+        try:
+            return prefix + str(p.resolve().relative_to(Path(base).resolve()))
+        except ValueError:
+            continue
+    return str(path)
+
+
+def rel_command(argv: list[str]) -> str:
+    """The command line with every path under the repository root written relative to it."""
+    out = []
+    for a in argv:
+        if "=" in a and a.startswith("--"):
+            key, val = a.split("=", 1)
+            out.append(f"{key}={rel_path(val)}")
+        else:
+            out.append(rel_path(a))
+    return " ".join(shlex.quote(a) for a in out)
 
 
 # ---------------------------------------------------------------------- data
@@ -96,7 +162,7 @@ def load_data(args: argparse.Namespace, genome: Genome) -> tuple[PerturbationDat
     """
     path = Path(args.dataset)
     with tempfile.TemporaryDirectory() as tmp:
-        label = str(path)
+        label = rel_path(path)
         if args.synthetic:
             f = Path(tmp) / "synthetic.h5"  # through the HDF5 path like a real dataset
             synthetic_data(genome, args.samples, args.seed).save(f)
@@ -108,7 +174,7 @@ def load_data(args: argparse.Namespace, genome: Genome) -> tuple[PerturbationDat
 
             print(f"[throughput] {path} not found: simulating the default dataset into a temp file", file=sys.stderr)
             path = build_default_dataset(Path(tmp) / path.name, progress=False)
-            label = f"the default simulated yeast screen (built on the fly; {DEFAULT_DATASET} was missing)"
+            label = f"the default simulated yeast screen (built on the fly; {rel_path(DEFAULT_DATASET)} was missing)"
         data = PerturbationData.load(path)
     if data.genes != list(genome.genes):
         raise ValueError(f"{path} was built on a different gene list than the yeast genome")
@@ -120,39 +186,57 @@ def load_data(args: argparse.Namespace, genome: Genome) -> tuple[PerturbationDat
 
 
 # ---------------------------------------------------------------------- models
-def cellformer_kwargs(args: argparse.Namespace, graph_names: list[str]) -> dict:
-    """CellFormer size plus one regularised head per graph (layer 0 first, then the next layers)."""
-    reg = {
-        name: {"layer": i // args.cf_heads, "head": i % args.cf_heads, "weight": 0.1, "rows": 256}
-        for i, name in enumerate(graph_names)
-        if i < args.cf_heads * args.cf_layers
-    }
-    return {"d_model": args.cf_d_model, "n_layers": args.cf_layers, "n_heads": args.cf_heads, "graph_reg": reg}
+@dataclass
+class MethodSpec:
+    """How a benchmarked method is built: registered model, hyper-parameters and graphs from its config."""
+
+    method: str
+    config: str  # relative to the repository root when inside it
+    model: str
+    model_args: dict
+    graphs: list[str]
+    graph_controls: dict = field(default_factory=dict)
+    config_batch_size: int | None = None
+
+    def summary(self) -> dict:
+        """JSON-able description (for the report)."""
+        return {
+            "config": self.config,
+            "model": self.model,
+            "model_args": self.model_args,
+            "graphs": self.graphs,
+            "graph_controls": self.graph_controls,
+            "config_batch_size": self.config_batch_size,
+        }
 
 
-def model_factory(method: str, args: argparse.Namespace) -> tuple[Callable[..., PhenotypeModel], dict]:
-    """``(class, hyper-parameters)`` of a method (imports lazily; CellFormer may be unavailable)."""
-    if method == "cellformer":
-        from cellformer.models.cellformer import CellFormer
+def method_spec(method: str, config_dir: Path) -> MethodSpec:
+    """Read ``method``'s training config: ``model.model_args`` and ``data.graphs`` (null = every shipped graph)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(ALL_METHODS)}")
+    fname, model, overrides = METHODS[method]
+    path = config_dir / fname
+    cfg = yaml.safe_load(path.read_text()) or {}
+    model_cfg, data_cfg = cfg.get("model") or {}, cfg.get("data") or {}
+    if model_cfg.get("model", model) != model:
+        raise ValueError(f"{rel_path(path)}: model.model is {model_cfg['model']!r}, expected {model!r} for {method}")
+    graphs = data_cfg.get("graphs")
+    return MethodSpec(
+        method=method,
+        config=rel_path(path),
+        model=model,
+        model_args={**(model_cfg.get("model_args") or {}), **overrides},
+        graphs=list(YEAST_GRAPHS) if graphs is None else [str(g) for g in graphs],
+        graph_controls=dict(data_cfg.get("graph_controls") or {}),
+        config_batch_size=data_cfg.get("batch_size"),
+    )
 
-        return CellFormer, cellformer_kwargs(args, args.graph_names)
-    if method == "dango":
-        from cellformer.models.baselines import Dango
 
-        return Dango, {"d": args.d, "heads": 4, "recon_weight": 1.0, "recon_edges": 1024}
-    if method == "lazy":
-        from cellformer.models.baselines import LazySubgraph
+def build(spec: MethodSpec, genome: Genome, graphs: GraphSet, phenotype_names: list[str]) -> PhenotypeModel:
+    """The model of ``spec`` with random weights (registry class; no target scaling or closed-form fitting)."""
+    from cellformer.models.registry import model_class
 
-        return LazySubgraph, {"d": args.d}
-    if re.fullmatch(r"\d-hop", method):
-        from cellformer.models.baselines import NeighborSubgraph
-
-        return NeighborSubgraph, {"hops": int(method[0]), "d": args.d}
-    if method == "additive":
-        from cellformer.models.baselines import Additive
-
-        return Additive, {}
-    raise ValueError(f"unknown method {method!r}; choose from {', '.join(ALL_METHODS)}")
+    return model_class(spec.model)(genome, graphs, list(phenotype_names), **spec.model_args)
 
 
 def masked_mse(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -206,7 +290,7 @@ def train_step(model: PhenotypeModel, opt: torch.optim.Optimizer, batch, autocas
 
 
 def time_training(
-    method: str,
+    spec: MethodSpec,
     args: argparse.Namespace,
     genome: Genome,
     graphs: GraphSet,
@@ -216,16 +300,19 @@ def time_training(
     warmup: int,
     device: torch.device,
 ) -> dict:
-    """Warm-up, then ``steps`` timed full training steps of ``method`` at ``batch_size``."""
-    row = {"method": method, "batch_size": batch_size, "steps": steps, "warmup": warmup, "status": "ok"}
-    try:
-        cls, hparams = model_factory(method, args)
-    except Exception as err:  # noqa: BLE001 - report, do not crash (e.g. CellFormer not written yet)
-        return {**row, "status": f"unavailable: {type(err).__name__}: {err}"}
+    """Warm-up, then ``steps`` timed full training steps of ``spec``'s model at ``batch_size``."""
+    row = {"method": spec.method, "batch_size": batch_size, "steps": steps, "warmup": warmup, "status": "ok"}
     model = opt = None
     try:
         torch.manual_seed(args.seed)
-        model = cls(genome, graphs, dataset.data.phenotype_names, **hparams).to(device)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                model = build(spec, genome, graphs, dataset.data.phenotype_names).to(device)
+        except Exception as err:  # noqa: BLE001 - report, do not crash the other methods
+            if is_oom(err):
+                raise
+            return {**row, "status": f"unavailable: {type(err).__name__}: {err}"}
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         row["params"] = sum(p.numel() for p in model.parameters())
@@ -264,6 +351,7 @@ def time_training(
             it_per_s=steps / total,
             samples_per_s=steps * batch_size / total,
             step_ms_median=1e3 * float(np.median(times)),
+            step_s_max=float(max(times)),
             peak_mem_mb=(torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else rss.growth_mb),
             nodes_per_sample=float(np.mean(nodes)) if nodes else None,
             edges_per_sample=float(np.mean(edges)) if edges else None,
@@ -299,16 +387,21 @@ def sdpa_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad: torch.Ten
     F.scaled_dot_product_attention(q, k, v).backward(grad)
 
 
-def encoder_benchmark(args: argparse.Namespace, genome: Genome, graphs: GraphSet, device: torch.device) -> list[dict]:
-    """CellFormer encoder fwd+bwd (no head, no optimizer) vs. a bare SDPA fwd+bwd at the same shape."""
+def encoder_benchmark(
+    spec: MethodSpec, args: argparse.Namespace, genome: Genome, graphs: GraphSet, device: torch.device
+) -> list[dict]:
+    """CellFormer encoder fwd+bwd (no head, no optimizer) vs. a bare SDPA fwd+bwd at the same shape.
+
+    The encoder is ``spec``'s CellFormer without graph regularisation and without dropout.
+    """
 
     from cellformer.models.cellformer import CellFormer
 
     rows = []
-    kw = cellformer_kwargs(args, args.graph_names)
-    kw["graph_reg"] = {}
-    model = CellFormer(genome, graphs, ["fitness"], dropout=0.0, **kw).to(device)
-    tokens, d, layers, heads = len(genome) + 1, args.cf_d_model, args.cf_layers, args.cf_heads
+    kw = {**spec.model_args, "graph_reg": {}, "dropout": 0.0}
+    model = CellFormer(genome, graphs, ["fitness"], **kw).to(device)
+    d, layers, heads = model.hparams_dict["d_model"], model.hparams_dict["n_layers"], model.hparams_dict["n_heads"]
+    tokens = len(genome) + 1
     flops = attention_flops(layers, tokens, d)
     for dtype in (torch.bfloat16, torch.float32):
         name = "bf16" if dtype == torch.bfloat16 else "fp32"
@@ -345,9 +438,63 @@ def encoder_benchmark(args: argparse.Namespace, genome: Genome, graphs: GraphSet
     return rows
 
 
+# ---------------------------------------------------------------------- sweep bookkeeping
+def predicted_step_s(measured: list[tuple[int, float]], batch_size: int) -> float | None:
+    """Step seconds at ``batch_size`` extrapolated from ``(B, median step s)`` already measured at smaller B.
+
+    Two or more points: the line through the two largest (slope clipped at >= 0); one point: proportional
+    to B (an upper bound when part of the step does not depend on B); none: unknown.
+    """
+    pts = sorted(p for p in measured if p[0] < batch_size)
+    if not pts:
+        return None
+    if len(pts) == 1:
+        b, t = pts[0]
+        return t * batch_size / b
+    (b1, t1), (b2, t2) = pts[-2:]
+    slope = max((t2 - t1) / (b2 - b1), 0.0)
+    return t2 + slope * (batch_size - b2)
+
+
+def summarise(rows: list[dict], methods: list[str], equal_batch: int) -> tuple[list[dict], list[dict]]:
+    """The equal-batch and best-batch tables: one entry per method, with ratios to CellFormer's samples/s."""
+
+    def ok(r: dict) -> bool:
+        return r["status"].split(";")[0] == "ok" and bool(r.get("samples_per_s"))
+
+    equal, best = [], []
+    for m in methods:
+        mine = [r for r in rows if r["method"] == m]
+        at_eq = next((r for r in mine if r["batch_size"] == equal_batch), None)
+        equal.append(dict(at_eq) if at_eq else {"method": m, "batch_size": equal_batch, "status": "not run"})
+        good = [r for r in mine if ok(r)]
+        if good:
+            top = max(good, key=lambda r: r["samples_per_s"])
+            others = [f"B={r['batch_size']}: {r['status']}" for r in mine if not ok(r)]
+            status = "; ".join(["ok", *others])
+            best.append({**top, "sizes_timed": [r["batch_size"] for r in good], "status": status})
+        else:
+            reasons = sorted({r["status"] for r in mine}) or ["not run"]
+            best.append({"method": m, "batch_size": None, "status": "; ".join(reasons)})
+    for table in (equal, best):
+        cf = next((r for r in table if r["method"] == "cellformer" and ok(r)), None)
+        for r in table:
+            r["ratio_to_cellformer"] = r["samples_per_s"] / cf["samples_per_s"] if cf and ok(r) else None
+    return equal, best
+
+
 # ---------------------------------------------------------------------- reporting
 def _fmt(x, spec: str = ",.1f") -> str:
     return "—" if x is None else format(x, spec)
+
+
+def _sig(x: float) -> str:
+    """About three significant digits, without exponent notation."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def _ratio(x) -> str:
+    return "—" if x is None else f"{x:,.3g}×"
 
 
 def _load(cfg: dict) -> str:
@@ -355,64 +502,133 @@ def _load(cfg: dict) -> str:
     return "—" if not la else " / ".join(f"{x:.1f}" for x in la)
 
 
+def _args(args: dict) -> str:
+    """Compact ``key=value`` list of model hyper-parameters (graph_reg: the tied graphs and their heads)."""
+    parts = []
+    for k, v in args.items():
+        if k == "graph_reg" and isinstance(v, dict):
+            v = "{" + ", ".join(f"{g}: L{c.get('layer')}H{c.get('head')}" for g, c in v.items()) + "}"
+        parts.append(f"{k}={v}")
+    return ", ".join(parts) or "(defaults)"
+
+
 def write_reports(results: dict, out_dir: Path, tag: str) -> dict[str, Path]:
-    """Markdown table, JSON and PNG chart."""
+    """Markdown tables, JSON and a PNG chart (samples/s vs. batch size per method, log-log)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = results["config"]
     paths = {ext: out_dir / f"throughput_{tag}.{ext}" for ext in ("md", "json", "png")}
     paths["json"].write_text(json.dumps(results, indent=2))
+    cuda = cfg["device"] == "cuda"
+    mem_col = "peak mem (MB)"
+    quick_note = " (--quick: slow methods fewer, see the sweep table)" if cfg["quick"] else ""
 
-    graph_list = ", ".join(f"{k} ({v:,} edges)" for k, v in cfg["graphs"].items())
     lines = [
         f"# Training throughput — {cfg['device_name']}",
         "",
         f"- date: {cfg['date']}",
         f"- command: `{cfg['command']}`",
         f"- device: {cfg['device']} — {cfg['device_name']}; torch {cfg['torch']}; bf16 autocast: {cfg['bf16']}",
-        f"- genome: {cfg['num_genes']} genes; graphs: {graph_list}",
+        f"- genome: {cfg['num_genes']} genes",
         f"- dataset: {cfg['dataset']}",
         f"- host load average at the end (1/5/15 min): {_load(cfg)} — other processes distort CPU timings",
-        f"- batch size: {cfg['batch_size']}"
-        + (
-            f" (plus the note's setting: DANGO at {cfg['batch_sizes'][0]}, others at {cfg['batch_sizes'][1]})"
-            if len(cfg["batch_sizes"]) > 1
-            else ""
-        ),
-        f"- steps: {cfg['warmup']} warm-up + {cfg['steps']} timed full training steps per method"
-        + (" (--quick: slow methods fewer, see the steps column)" if cfg["quick"] else ""),
+        f"- equal batch: B = {cfg['equal_batch']}; sweep: B ∈ {{{', '.join(map(str, cfg['sweep']))}}}",
+        f"- steps: {cfg['warmup']} warm-up + {cfg['steps']} timed full training steps per method and batch size"
+        + quick_note,
         "- a step = collate + host→device + forward + loss + backward + AdamW step"
-        + (" (cuda synchronised before reading the clock)" if cfg["device"] == "cuda" else ""),
-        "- peak mem: "
+        + (" (cuda synchronised before reading the clock)" if cuda else "")
+        + "; random initial weights, nothing fitted beforehand (no target scaling, no DANGO pre-training)",
+        f"- step cap: {', '.join(sorted(COST_GROWS_WITH_B))} skip a batch size whose step is predicted (from the "
+        f"smaller sizes) to exceed {cfg['max_step_seconds']:g} s: `{SKIPPED_CAP}`"
+        if cfg["max_step_seconds"]
+        else "- step cap: none",
+        f"- {mem_col}: "
         + (
             "CUDA max_memory_allocated during the timed steps"
-            if cfg["device"] == "cuda"
+            if cuda
             else "process peak RSS growth during the timed steps (sampled every 2 ms; 0 = no growth beyond what "
             "the warm-up already reached)"
         ),
         "- nodes/edges per sample: the graph each sample is run on (edges as directed entries); DANGO and "
         "CellFormer encode the wild type once per step instead (DANGO: nodes = |S|)",
         "",
-        "| method | B | steps (warm-up) | it/s | samples/s | speed-up vs DANGO | peak mem (MB) | nodes/sample "
-        "| edges/sample | status |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "## Models (as trained from their configs)",
+        "",
+        "| method | config | graphs (edges) | model_args | config batch |",
+        "|---|---|---|---|---:|",
     ]
-    for r in results["rows"]:
-        steps = f"{r['steps']} ({r['warmup']})" + (" quick: slow method" if r.get("reduced") else "")
+    for m, sp in cfg["methods"].items():
+        graphs = ", ".join(f"{g} ({cfg['graph_edges'].get(g, 0):,})" for g in sp["graphs"])
         lines.append(
-            f"| {r['method']}{' (sweep)' if r.get('sweep') else ''} | {r['batch_size']} | {steps} "
-            f"| {_fmt(r.get('it_per_s'), ',.3f')} | {_fmt(r.get('samples_per_s'))} "
-            f"| {_fmt(r.get('speedup_vs_dango'), ',.3g')}{'×' if r.get('speedup_vs_dango') else ''} "
-            f"| {_fmt(r.get('peak_mem_mb'))} | {_fmt(r.get('nodes_per_sample'))} | {_fmt(r.get('edges_per_sample'))} "
-            f"| {r['status']} |"
+            f"| {m} | `{sp['config']}` | {graphs} | {_args(sp['model_args'])} | {_fmt(sp['config_batch_size'], 'd')} |"
         )
+
+    lines += [
+        "",
+        f"## Equal batch: every method at B = {cfg['equal_batch']}",
+        "",
+        "samples/s ÷ CellFormer = this method's samples/s over CellFormer's at the same B in this run "
+        "(> 1: faster than CellFormer).",
+        "",
+        f"| method | B | samples/s | step ms (median) | samples/s ÷ CellFormer | {mem_col} | nodes/sample "
+        "| edges/sample | status |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results["equal_batch"]:
+        lines.append(
+            f"| {r['method']} | {r['batch_size']} | {_fmt(r.get('samples_per_s'))} | {_fmt(r.get('step_ms_median'))} "
+            f"| {_ratio(r.get('ratio_to_cellformer'))} | {_fmt(r.get('peak_mem_mb'))} "
+            f"| {_fmt(r.get('nodes_per_sample'))} | {_fmt(r.get('edges_per_sample'))} | {r['status']} |"
+        )
+    lines += [
+        "",
+        "## Best batch: every method at its own best batch size over the sweep",
+        "",
+        "samples/s ÷ CellFormer = this method's best samples/s over CellFormer's best samples/s in this run.",
+        "",
+        f"| method | best B | samples/s | step ms (median) | samples/s ÷ CellFormer's best | {mem_col} "
+        "| sizes timed | status |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in results["best_batch"]:
+        timed = ", ".join(map(str, r.get("sizes_timed", []))) or "—"
+        lines.append(
+            f"| {r['method']} | {_fmt(r.get('batch_size'), 'd')} | {_fmt(r.get('samples_per_s'))} "
+            f"| {_fmt(r.get('step_ms_median'))} | {_ratio(r.get('ratio_to_cellformer'))} "
+            f"| {_fmt(r.get('peak_mem_mb'))} | {timed} | {r['status']} |"
+        )
+
+    sizes = sorted({r["batch_size"] for r in results["rows"]})
+    lines += [
+        "",
+        "## Sweep: samples/s per method and batch size",
+        "",
+        "Each cell: samples/s (median step ms); `q` = --quick reduced steps; otherwise the reason it was not timed.",
+        "",
+        "| method | " + " | ".join(f"B={b}" for b in sizes) + " |",
+        "|---|" + "---:|" * len(sizes),
+    ]
+    for m in cfg["methods"]:
+        cells = []
+        for b in sizes:
+            r = next((r for r in results["rows"] if r["method"] == m and r["batch_size"] == b), None)
+            if r is None:
+                cells.append("—")
+            elif r["status"] == "ok":
+                q = " q" if r.get("reduced") else ""
+                cells.append(f"{_sig(r['samples_per_s'])} ({_fmt(r['step_ms_median'], ',.0f')} ms){q}")
+            else:
+                cells.append(r["status"].split(":")[0])
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+
+    enc = cfg.get("encoder_shape") or {}
     if results.get("encoder"):
         lines += [
             "",
             "## CellFormer encoder step vs. the device's SDPA",
             "",
-            f"Attention FLOPs per fwd+bwd = 3 · 4 · L · T² · d with L={cfg['cf_layers']}, T={cfg['num_genes'] + 1}, "
-            f"d={cfg['cf_d_model']} (QKᵀ and AV only); the SDPA reference is one layer's attention "
-            f"(1 × {cfg['cf_heads']} heads × T × {cfg['cf_d_model'] // cfg['cf_heads']}) fwd+bwd.",
+            f"Attention FLOPs per fwd+bwd = 3 · 4 · L · T² · d with L={enc['n_layers']}, T={cfg['num_genes'] + 1}, "
+            f"d={enc['d_model']} (QKᵀ and AV only); the SDPA reference is one layer's attention "
+            f"(1 × {enc['n_heads']} heads × T × {enc['d_model'] // enc['n_heads']}) fwd+bwd.",
             "",
             "| what | dtype | ms / step | attention TFLOP/s | fraction of SDPA |",
             "|---|---|---:|---:|---:|",
@@ -431,33 +647,35 @@ def write_reports(results: dict, out_dir: Path, tag: str) -> dict[str, Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    main_rows = [r for r in results["rows"] if not r.get("sweep")]
-    sweep_rows = [r for r in results["rows"] if r.get("sweep") and r.get("samples_per_s")]
-    ncols = 2 if sweep_rows else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(6.5 * ncols, 4.2), squeeze=False)
-    ax = axes[0, 0]
-    labels = [f"{r['method']}\nB={r['batch_size']}" for r in main_rows]
-    vals = [r.get("samples_per_s") or 0.0 for r in main_rows]
-    bars = ax.bar(range(len(vals)), [v if v > 0 else np.nan for v in vals], color="tab:blue")
-    for i, (b, r) in enumerate(zip(bars, main_rows, strict=True)):
-        text = _fmt(r.get("samples_per_s"), ",.3g") if r.get("samples_per_s") else r["status"].split(":")[0]
-        if vals[i] > 0:
-            ax.annotate(text, (i, b.get_height()), ha="center", va="bottom", fontsize=7)
-        else:  # OOM / unavailable: write the reason at the bottom of the axis
-            ax.annotate(text, (i, 0.02), xycoords=("data", "axes fraction"), ha="center", fontsize=7, color="red")
-    ax.set_xticks(range(len(vals)), labels, fontsize=7)
-    if any(v > 0 for v in vals):
+    fig, ax = plt.subplots(figsize=(7.5, 5.0))
+    plotted = False
+    for m in cfg["methods"]:
+        pts = sorted(
+            (r["batch_size"], r["samples_per_s"])
+            for r in results["rows"]
+            if r["method"] == m and r["status"] == "ok" and r.get("samples_per_s")
+        )
+        if not pts:
+            continue
+        style = {"lw": 2.5, "color": "black"} if m == "cellformer" else {}
+        ax.plot(*zip(*pts, strict=True), "o-", label=m, **style)
+        plotted = True
+        skipped = [r["batch_size"] for r in results["rows"] if r["method"] == m and r["status"] != "ok"]
+        if skipped:  # mark where the line stops because larger sizes were skipped / failed
+            ax.annotate(
+                f"{m}: B≥{min(skipped)} not run", pts[-1], fontsize=7, xytext=(4, -10), textcoords="offset points"
+            )
+    ax.axvline(cfg["equal_batch"], color="grey", ls=":", lw=1, label=f"equal batch (B={cfg['equal_batch']})")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(cfg["sweep"], [str(b) for b in cfg["sweep"]])
+    ax.minorticks_off()
+    if plotted:
         ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("batch size B")
     ax.set_ylabel("samples / s (full training step)")
-    ax.set_title(f"{cfg['device_name'][:60]}", fontsize=8)
-    if sweep_rows:
-        ax2 = axes[0, 1]
-        ax2.plot([r["batch_size"] for r in sweep_rows], [r["samples_per_s"] for r in sweep_rows], "o-")
-        ax2.set_xscale("log", base=2)
-        ax2.set_yscale("log")
-        ax2.set_xlabel("batch size B")
-        ax2.set_ylabel("samples / s")
-        ax2.set_title("CellFormer batch-size sweep", fontsize=9)
+    ax.set_title(f"{cfg['device_name'][:70]}", fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(paths["png"], dpi=120)
     plt.close(fig)
@@ -474,16 +692,27 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
         return super()._get_help_string(action)
 
 
+def _int_list(text: str | None) -> list[int]:
+    return [int(b) for b in (text or "").split(",") if b.strip()]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (see ``--help``)."""
     p = argparse.ArgumentParser(
         description="Time FULL training steps (collate + H2D + forward + backward + AdamW) of CellFormer and the "
-        "baselines on the same data, graphs and batch size; writes "
+        "baselines, each built from its training config, on the same data at the same batch sizes; writes "
         "benchmarks/results/throughput_<device>.{md,json,png}.",
         formatter_class=_HelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
+        epilog="Examples::" + __doc__.split("Examples::", 1)[1].split("\n\nWrites", 1)[0],
     )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma list from {', '.join(ALL_METHODS)}")
+    p.add_argument(
+        "--config-dir",
+        default=str(CONFIG_DIR),
+        help="training configs the models and graphs are read from (quickstart.yaml for CellFormer, dango.yaml, "
+        "lazy.yaml, neighbor.yaml, additive.yaml)",
+    )
     p.add_argument(
         "--dataset",
         default=str(DEFAULT_DATASET),
@@ -493,28 +722,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--synthetic", action="store_true", help="random 1-3 gene deletions over the yeast genome instead of --dataset"
     )
     p.add_argument("--samples", type=int, default=None, help="records in the subset (default 10000; 2000 --quick)")
-    p.add_argument("--graphs", default=DEFAULT_GRAPHS, help="comma list of shipped yeast graphs (>= 4 recommended)")
+    p.add_argument("--equal-batch", type=int, default=256, help="the batch size every method is compared at")
     p.add_argument(
-        "--batch-sizes",
-        default="64",
-        help="'B' for every method, or 'B1,B2': all methods at B1, then the non-DANGO methods also at B2 "
-        "(the note's setting is 64,28)",
+        "--sweep", default=None, help="batch sizes every method is also timed at, e.g. 16,64,256,1024 (best batch)"
     )
-    p.add_argument("--steps", type=int, default=None, help="timed steps per method (default 50; 10 --quick)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up steps per method (default 5; 2 --quick)")
+    p.add_argument("--batch-sizes", default=None, help="deprecated: extra batch sizes, added to --sweep")
+    p.add_argument(
+        "--max-step-seconds",
+        type=float,
+        default=20.0,
+        help="skip a batch size of a per-sample graph method (lazy, k-hop) whose step is predicted to take longer "
+        "(0 = no cap)",
+    )
+    p.add_argument("--steps", type=int, default=None, help="timed steps per run (default 50; 10 --quick)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps per run (default 5; 2 --quick)")
     p.add_argument(
         "--quick",
         action="store_true",
         help="small subset and few steps; on CPU the slow methods (cellformer, lazy, 2-hop, 3-hop) run only "
-        "2 timed steps after 1 warm-up (marked in the table) so the run takes minutes",
+        "2 timed steps after 1 warm-up (marked in the sweep table) so the run takes minutes",
     )
-    p.add_argument("--sweep", default=None, help="CellFormer batch-size sweep, e.g. 16,64,256,1024")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward passes (cuda only)")
     p.add_argument("--no-encoder-flops", action="store_true", help="skip the GPU encoder-vs-SDPA FLOP measurement")
-    p.add_argument("--d", type=int, default=64, help="hidden width of the baselines")
-    p.add_argument("--cf-d-model", type=int, default=None, help="CellFormer d_model (default 128; 64 --quick)")
-    p.add_argument("--cf-layers", type=int, default=None, help="CellFormer layers (default 4; 2 --quick)")
-    p.add_argument("--cf-heads", type=int, default=None, help="CellFormer heads (default 8; 4 --quick)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", default=str(RESULTS_DIR), help="where the md/json/png go")
@@ -523,61 +752,76 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.samples = args.samples or (2000 if q else 10000)
     args.steps = args.steps if args.steps is not None else (10 if q else 50)
     args.warmup = args.warmup if args.warmup is not None else (2 if q else 5)
-    args.cf_d_model = args.cf_d_model or (64 if q else 128)
-    args.cf_layers = args.cf_layers or (2 if q else 4)
-    args.cf_heads = args.cf_heads or (4 if q else 8)
     args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in args.method_list:
         if m not in ALL_METHODS:
             p.error(f"unknown method {m!r}; choose from {', '.join(ALL_METHODS)}")
-    args.batch_size_list = [int(b) for b in args.batch_sizes.split(",")]
-    if not 1 <= len(args.batch_size_list) <= 2:
-        p.error("--batch-sizes takes one or two values")
-    args.sweep_list = [int(b) for b in (args.sweep or "").split(",") if b.strip()]
-    args.graph_names = [g.strip() for g in args.graphs.split(",") if g.strip()]
+    args.sweep_list = _int_list(args.sweep)
+    if args.batch_sizes:
+        print("[throughput] --batch-sizes is deprecated: its sizes are added to --sweep", file=sys.stderr)
+        args.sweep_list += _int_list(args.batch_sizes)
+    if args.equal_batch < 1 or any(b < 1 for b in args.sweep_list):
+        p.error("batch sizes must be >= 1")
+    args.batch_size_list = sorted({args.equal_batch, *args.sweep_list})
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but torch.cuda.is_available() is False")
     return args
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; writes the report and returns the results dict."""
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     t_start = time.perf_counter()
     genome = yeast_genome()
-    graphs, _ = yeast_graphs(args.graph_names, genome=genome)
+    specs = {m: method_spec(m, Path(args.config_dir)) for m in args.method_list}
+    graph_sets: dict[str, GraphSet] = {}
+    for m, sp in specs.items():
+        graph_sets[m] = load_graphs(sp.graphs, genome, sp.graph_controls)
     data, data_label = load_data(args, genome)
     dataset = PerturbationDataset(data)
-    print(f"[throughput] {len(genome)} genes, {graphs}, {len(dataset)} records, device {device}", file=sys.stderr)
+    print(f"[throughput] {len(genome)} genes, {len(dataset)} records, device {device}", file=sys.stderr)
 
     def plan(method: str) -> tuple[int, int, bool]:
         if args.quick and device.type == "cpu" and method in SLOW_ON_CPU:
             return min(args.steps, 2), min(args.warmup, 1), True
         return args.steps, args.warmup, False
 
-    runs = [(m, args.batch_size_list[0], False) for m in args.method_list]
-    if len(args.batch_size_list) == 2:
-        runs += [(m, args.batch_size_list[1], False) for m in args.method_list if m != "dango"]
-    if args.sweep_list and "cellformer" in args.method_list:
-        runs += [("cellformer", b, True) for b in args.sweep_list]
-
     rows = []
-    for method, bsz, sweep in runs:
+    for method, spec in specs.items():
         steps, warmup, reduced = plan(method)
-        t0 = time.perf_counter()
-        print(f"[throughput] {method} B={bsz}{' (sweep)' if sweep else ''}: {warmup}+{steps} steps", file=sys.stderr)
-        row = time_training(method, args, genome, graphs, dataset, bsz, steps, warmup, device)
-        row.update(sweep=sweep, reduced=reduced, wall_s=time.perf_counter() - t0)
-        print(f"[throughput]   -> {row['status']} {_fmt(row.get('samples_per_s'))} samples/s", file=sys.stderr)
-        rows.append(row)
-    dango = next((r for r in rows if r["method"] == "dango" and r.get("samples_per_s")), None)
-    for r in rows:
-        if dango and r.get("samples_per_s"):
-            r["speedup_vs_dango"] = r["samples_per_s"] / dango["samples_per_s"]
+        measured: list[tuple[int, float]] = []
+        stop = ""  # once set, the larger sizes are not run, with this reason
+        for bsz in args.batch_size_list:
+            base = {"method": method, "batch_size": bsz, "steps": steps, "warmup": warmup, "reduced": reduced}
+            pred = predicted_step_s(measured, bsz) if method in COST_GROWS_WITH_B else None
+            if stop:
+                row = {**base, "status": stop}
+            elif args.max_step_seconds and pred is not None and pred > args.max_step_seconds:
+                row = {**base, "status": SKIPPED_CAP, "predicted_step_s": pred}
+            else:
+                t0 = time.perf_counter()
+                print(f"[throughput] {method} B={bsz}: {warmup}+{steps} steps", file=sys.stderr)
+                row = time_training(spec, args, genome, graph_sets[method], dataset, bsz, steps, warmup, device)
+                row.update(reduced=reduced, wall_s=time.perf_counter() - t0)
+                if pred is not None:
+                    row["predicted_step_s"] = pred
+                if row["status"] == "ok":
+                    measured.append((bsz, row["step_ms_median"] / 1e3))
+                elif row["status"].startswith("OOM"):
+                    stop = f"skipped (OOM at B={bsz})"
+                else:
+                    stop = row["status"]
+            print(
+                f"[throughput]   {method} B={bsz} -> {row['status']} {_fmt(row.get('samples_per_s'))} samples/s",
+                file=sys.stderr,
+            )
+            rows.append(row)
+    equal, best = summarise(rows, args.method_list, args.equal_batch)
 
-    encoder, encoder_note = [], ""
+    encoder, encoder_note, encoder_shape = [], "", {}
     if "cellformer" not in args.method_list:
         encoder_note = "skipped (cellformer not among --methods)"
     elif device.type != "cuda":
@@ -586,41 +830,49 @@ def main(argv: list[str] | None = None) -> dict:
         encoder_note = "skipped (--no-encoder-flops)"
     else:
         try:
-            encoder = encoder_benchmark(args, genome, graphs, device)
-        except Exception as err:  # noqa: BLE001 - the main table is still worth writing
+            encoder = encoder_benchmark(specs["cellformer"], args, genome, graph_sets["cellformer"], device)
+        except Exception as err:  # noqa: BLE001 - the main tables are still worth writing
             encoder_note = f"failed: {type(err).__name__}: {err}"
+    if "cellformer" in specs:
+        ma = specs["cellformer"].model_args
+        encoder_shape = {k: ma.get(k) for k in ("d_model", "n_layers", "n_heads")}
 
+    argv_used = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
     results = {
         "config": {
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
+            "command": rel_command(argv_used),
             "device": device.type,
             "device_name": device_name(device, threads=True),
             "torch": torch.__version__,
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
             "bf16": bool(args.bf16 and device.type == "cuda"),
             "num_genes": len(genome),
-            "graphs": {name: g.num_edges for name, g in graphs.items()},
             "dataset": data_label,
             "samples": len(dataset),
-            "batch_size": args.batch_size_list[0],
-            "batch_sizes": args.batch_size_list,
+            "equal_batch": args.equal_batch,
+            "sweep": args.batch_size_list,
+            "batch_size": args.equal_batch,
+            "max_step_seconds": args.max_step_seconds,
             "steps": args.steps,
             "warmup": args.warmup,
             "quick": args.quick,
-            "d": args.d,
-            "cf_d_model": args.cf_d_model,
-            "cf_layers": args.cf_layers,
-            "cf_heads": args.cf_heads,
+            "config_dir": rel_path(Path(args.config_dir).resolve()),
+            "methods": {m: sp.summary() for m, sp in specs.items()},
+            "graph_edges": {n: g.num_edges for gs in graph_sets.values() for n, g in gs.items()},
+            "encoder_shape": encoder_shape,
         },
         "rows": rows,
+        "equal_batch": equal,
+        "best_batch": best,
         "encoder": encoder,
         "encoder_note": encoder_note,
     }
     results["config"]["wall_s"] = time.perf_counter() - t_start
     paths = write_reports(results, Path(args.out_dir), device_tag(device))
     print(paths["md"].read_text())
-    print(f"[throughput] wrote {', '.join(str(p) for p in paths.values())} in {time.perf_counter() - t_start:.0f}s")
+    wrote = ", ".join(rel_path(p) for p in paths.values())
+    print(f"[throughput] wrote {wrote} in {time.perf_counter() - t_start:.0f}s")
     return results
 
 
