@@ -242,7 +242,7 @@ def test_throughput_script_tiny(tmp_path):
     finally:
         sys.path.pop(0)
     out = tmp_path / "res"
-    args = "--synthetic --samples 200 --steps 1 --warmup 1 --methods dango,additive,1-hop --device cpu"
+    args = "--synthetic --samples 200 --steps 1 --warmup 1 --methods dango,additive,1-hop --device cpu --equal-batch 64"
     results = throughput.main([*args.split(), "--out-dir", str(out)])
     assert {r["method"] for r in results["rows"]} == {"dango", "additive", "1-hop"}
     assert all(r["status"] == "ok" and r["samples_per_s"] > 0 for r in results["rows"])
