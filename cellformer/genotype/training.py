@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,9 +152,9 @@ class GenotypeDataModule(L.LightningDataModule):
             from cellformer.genotype.simulate import simulate_genotypes
 
             data = simulate_genotypes(**simulate)
-        if phenotypes is not None:
+        if phenotypes is not None:  # a new object: an in-memory dataset given by the caller is left as it was
             cols = [data.phenotype_index(p) for p in phenotypes]
-            data.phenotypes, data.phenotype_names = data.phenotypes[:, cols], list(phenotypes)
+            data = dataclasses.replace(data, phenotypes=data.phenotypes[:, cols], phenotype_names=list(phenotypes))
         self.data = data
         self._make_splits()
         train = self.split_index["train"]
