@@ -145,6 +145,24 @@ def test_table_errors(tmp_path):
     allbad = _write(tmp_path / "bad.tsv", "s\tm1\na\t0\t1\n")
     with pytest.raises(UserError, match="no genotype rows"):
         read_genotype_table(allbad, None)
+    letters = _write(tmp_path / "letters.tsv", "s\tm1\na\tB\nb\tR\n")
+    with pytest.raises(UserError, match=r"no 0/1 allele calls.*found B, R"):
+        read_genotype_table(letters, None, allele_coding="01")
+    with pytest.raises(UserError, match="no letter allele calls"):
+        read_genotype_table(_write(tmp_path / "num.tsv", "s\tm1\na\t0\nb\t1\n"), None, allele_coding="letters")
+    binary = tmp_path / "binary.tsv"
+    binary.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(UserError, match=r"genotype table .*binary.tsv.*not UTF-8"):
+        read_genotype_table(binary, None)
+    with pytest.raises(UserError, match=r"phenotype table .*binary.tsv.*not UTF-8"):
+        read_genotype_table(letters, binary)
+    big = tmp_path / "big.tsv.gz"
+    with gzip.open(big, "wt") as fh:
+        fh.write("s\tm1\tm2\n" + "".join(f"s{i}\t{i % 2}\t{(i // 2) % 2}\n" for i in range(5000)))
+    truncated = tmp_path / "truncated.tsv.gz"
+    truncated.write_bytes(big.read_bytes()[:500])
+    with pytest.raises(UserError, match="truncated or corrupt gzip"):
+        read_genotype_table(truncated, None)
 
 
 def test_name_parsers():
@@ -237,6 +255,10 @@ def test_round_trip_and_foreign_files(tmp_path, linked_pop):
         f.create_group("records")
     with pytest.raises(UserError, match="not a cellformer genotype dataset.*perturbation"):
         GenotypeData.load(tmp_path / "other.h5")
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    with pytest.raises(UserError, match="truncated or damaged genotype dataset"):
+        GenotypeData.load(cut)
 
 
 def test_validation_and_splits():
@@ -431,3 +453,23 @@ def test_cli_import_genotypes(tmp_path, capsys):
     assert "no genotype rows" in capsys.readouterr().err and not (tmp_path / "bad.h5").exists()
     assert data_main(["import-genotypes", str(tmp_path / "missing.tsv"), "--out", str(tmp_path / "m.h5")]) == 2
     assert data_main(["import-genotypes", str(npy), "--out", str(out2)]) == 2  # exists
+
+
+@pytest.mark.parametrize("problem", ["missing", "binary", "directory", "wrong_shape_npy"])
+def test_cli_import_genotypes_bad_input_is_one_line(tmp_path, capsys, problem):
+    """A bad input file gives exit status 2 and one ``error:`` line naming the file, no traceback."""
+    src = tmp_path / "geno.tsv"
+    if problem == "binary":
+        src.write_bytes(bytes(range(256)) * 8)
+    elif problem == "directory":
+        src.mkdir()  # read as an npy-splits directory without geno_train.npy
+    elif problem == "wrong_shape_npy":
+        src = tmp_path / "npy"
+        src.mkdir()
+        np.save(src / "geno_train.npy", np.ones(4, dtype=np.int8))
+        np.save(src / "pheno_train.npy", np.zeros((4, 1), dtype=np.float32))
+    out = tmp_path / "g.h5"
+    assert data_main(["import-genotypes", str(src), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error:" in err[0] and src.name in err[0], err
+    assert not out.exists()

@@ -290,7 +290,10 @@ class GenotypeData:
 
     @classmethod
     def load(cls, path: str | Path) -> GenotypeData:
-        """Read a file written by :meth:`save` (a :class:`UserError` for a missing or foreign file)."""
+        """Read a file written by :meth:`save`.
+
+        A missing, foreign, truncated or damaged file is a :class:`~cellformer.errors.UserError`.
+        """
         path = Path(path)
         if not path.exists():
             raise UserError(f"genotype dataset {path} does not exist")
@@ -298,42 +301,48 @@ class GenotypeData:
             raise UserError(f"{path} is a directory, not a genotype dataset (HDF5 file)")
         if not h5py.is_hdf5(path):
             raise UserError(f"{path} is not an HDF5 file (expected a genotype dataset written by cellformer)")
-        with h5py.File(path, "r") as f:
-            fmt = f.attrs.get("format")
-            fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
-            if fmt != FORMAT:
-                hint = (
-                    " (it looks like a perturbation dataset: read it with cellformer.data.PerturbationData)"
-                    if "records" in f
-                    else ""
-                )
-                raise UserError(f"{path} is not a cellformer genotype dataset (format attribute {fmt!r}){hint}")
-            version = int(f.attrs.get("version", -1))
-            if version != VERSION:
-                raise UserError(f"{path}: genotype format version {version}; this cellformer reads {VERSION}")
-            missing = [
-                k for k in ("genotypes", "phenotypes", "phenotype_names", "samples/ids", "loci/ids") if k not in f
-            ]
-            if missing:
-                raise UserError(f"{path}: damaged genotype dataset, missing {', '.join(missing)}")
-            s, loc = f["samples"], f["loci"]
-            attrs = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in f.attrs.items()}
-            return cls(
-                genotypes=f["genotypes"][()],
-                phenotypes=f["phenotypes"][()],
-                phenotype_names=_strings(f["phenotype_names"]),
-                loci=Loci(
-                    ids=_strings(loc["ids"]),
-                    chrom=loc["chrom"][()],
-                    pos=loc["pos"][()],
-                    gene=_strings(loc["gene"]),
-                ),
-                sample_ids=_strings(s["ids"]),
-                split=s["split"][()] if "split" in s else None,
-                fold=s["fold"][()] if "fold" in s else None,
-                truth=_read_tree(f["truth"]) if "truth" in f else None,
-                attrs={k: v for k, v in attrs.items() if k not in _RESERVED_ATTRS},
+        try:
+            with h5py.File(path, "r") as f:
+                return cls._read(path, f)
+        except (OSError, KeyError) as e:  # what h5py raises for a truncated file or a damaged group
+            raise UserError(f"{path}: truncated or damaged genotype dataset ({e})") from None
+
+    @classmethod
+    def _read(cls, path: Path, f: h5py.File) -> GenotypeData:
+        """The dataset in the open file ``f`` (checks the format attribute, version and datasets first)."""
+        fmt = f.attrs.get("format")
+        fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
+        if fmt != FORMAT:
+            hint = (
+                " (it looks like a perturbation dataset: read it with cellformer.data.PerturbationData)"
+                if "records" in f
+                else ""
             )
+            raise UserError(f"{path} is not a cellformer genotype dataset (format attribute {fmt!r}){hint}")
+        version = int(f.attrs.get("version", -1))
+        if version != VERSION:
+            raise UserError(f"{path}: genotype format version {version}; this cellformer reads {VERSION}")
+        missing = [k for k in ("genotypes", "phenotypes", "phenotype_names", "samples/ids", "loci/ids") if k not in f]
+        if missing:
+            raise UserError(f"{path}: damaged genotype dataset, missing {', '.join(missing)}")
+        s, loc = f["samples"], f["loci"]
+        attrs = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in f.attrs.items()}
+        return cls(
+            genotypes=f["genotypes"][()],
+            phenotypes=f["phenotypes"][()],
+            phenotype_names=_strings(f["phenotype_names"]),
+            loci=Loci(
+                ids=_strings(loc["ids"]),
+                chrom=loc["chrom"][()],
+                pos=loc["pos"][()],
+                gene=_strings(loc["gene"]),
+            ),
+            sample_ids=_strings(s["ids"]),
+            split=s["split"][()] if "split" in s else None,
+            fold=s["fold"][()] if "fold" in s else None,
+            truth=_read_tree(f["truth"]) if "truth" in f else None,
+            attrs={k: v for k, v in attrs.items() if k not in _RESERVED_ATTRS},
+        )
 
 
 def _strings(ds: h5py.Dataset) -> list[str]:

@@ -116,9 +116,13 @@ def _split(line: str, delimiter: str | None) -> list[str]:
     return line.split(delimiter) if delimiter is not None else line.split()
 
 
-def _lines(path: Path):
-    """``(line number, raw line)`` of the non-blank, non-comment lines (physical line numbers)."""
-    with open_text(path) as fh:
+def _lines(path: Path, what: str):
+    """``(line number, raw line)`` of the non-blank, non-comment lines (physical line numbers).
+
+    A file that is not UTF-8 text or a truncated ``.gz`` is a :class:`~cellformer.errors.UserError`
+    naming the file as ``what``.
+    """
+    with open_text(path, what) as fh:
         for lineno, raw in enumerate(fh, start=1):
             line = raw.rstrip("\r\n")
             if not line.strip() or line.startswith("#"):
@@ -132,13 +136,11 @@ def _open(path: str | Path, what: str) -> tuple[Path, int, str, object]:
         raise UserError(f"{what} {path} does not exist")
     if path.is_dir():
         raise UserError(f"{what} {path} is a directory (expected a TSV/CSV file)")
-    lines = _lines(path)
+    lines = _lines(path, what)
     try:
         lineno, header = next(lines)
     except StopIteration:
         raise UserError(f"{path}: the {what} is empty (expected a header line)") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: the {what} is not UTF-8 text") from None
     return path, lineno, header, lines
 
 
@@ -193,9 +195,7 @@ def read_marker_table(path: str | Path, delimiter: str | None = None) -> dict[st
     return out
 
 
-def _loci_for(
-    ids: list[str], markers: dict[str, tuple[int, int, str]] | None, report: ImportReport | None
-) -> Loci:
+def _loci_for(ids: list[str], markers: dict[str, tuple[int, int, str]] | None, report: ImportReport | None) -> Loci:
     chrom = np.zeros(len(ids), dtype=np.int16)
     pos = np.full(len(ids), -1, dtype=np.int64)
     gene = [""] * len(ids)
@@ -243,6 +243,11 @@ def _coding(tokens: Counter, allele_coding: str, reference_allele: str | None, f
     if coding in ("01", "pm1"):
         lo, hi = (0.0, 1.0) if coding == "01" else (-1.0, 1.0)
         mapping = {t: (1 if float(t) == hi else -1) for t in numeric if float(t) in (lo, hi)}
+        if not mapping:
+            raise UserError(
+                f"the genotype table has no {lo:g}/{hi:g} allele calls for the {coding} coding "
+                f"(found {_examples(calls)})"
+            )
         if reference_allele is not None:
             try:
                 ref = float(reference_allele)
@@ -257,6 +262,8 @@ def _coding(tokens: Counter, allele_coding: str, reference_allele: str | None, f
         mapping["_note"] = f"alleles coded {label}; {ref_txt} read as +1 (reference)"
         return mapping
     letters = [t for t, _ in sorted(((t, c) for t, c in calls.items() if t not in numeric), key=lambda x: -x[1])]
+    if not letters:
+        raise UserError(f"the genotype table has no letter allele calls (found {_examples(calls)})")
     if reference_allele is not None:
         ref = reference_allele.strip().upper()
         if ref not in calls:
@@ -272,6 +279,12 @@ def _coding(tokens: Counter, allele_coding: str, reference_allele: str | None, f
         ref = next(t for t in first_seen if t in pair)
         alt = next(t for t in letters[:2] if t != ref)
     return {ref: 1, alt: -1, "_note": f"alleles coded as letters {ref}/{alt}; {ref} read as +1 (reference)"}
+
+
+def _examples(calls: dict[str, int], n: int = 5) -> str:
+    """The ``n`` most frequent allele codes, for messages."""
+    top = sorted(calls, key=lambda t: -calls[t])
+    return ", ".join(top[:n]) + (", …" if len(top) > n else "")
 
 
 def read_genotype_table(
