@@ -196,11 +196,13 @@ def test_fit_predict_explain_through_the_cli(population, tmp_path, capsys):
     data_path = tmp_path / "pop.h5"
     population.save(data_path)
     cfg = tmp_path / "ridge.yaml"
+    # default_root_dir: without a logger, the config that fit saves would otherwise land in the working directory
     cfg.write_text(f"""seed_everything: 0
 trainer:
   accelerator: cpu
   max_epochs: 1
   logger: false
+  default_root_dir: {tmp_path}
   enable_progress_bar: false
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
