@@ -233,3 +233,36 @@ def test_set_graph_features_count_adjacent_member_pairs():
     ptr = torch.tensor(np.cumsum([0] + [len(s) for s in sets]))
     feats = m.set_graph_features(gene_index, ptr)[:, 0].tolist()
     assert feats == pytest.approx([1.0, 0.0, 1 / 3, 0.0, 0.0])
+
+
+def test_smoothing_features_leave_the_training_record_out():
+    """In training a record's smoothing estimate equals graph smoothing fitted without that record."""
+    from cellformer.models.baselines.graph_smoothing import GraphSmoothing
+
+    rng = np.random.default_rng(0)
+    sets = [[int(g)] for g in range(0, N, 2)] + [sorted(rng.choice(N, 2, replace=False).tolist()) for _ in range(200)]
+    sets += [sorted(rng.choice(8, 3, replace=False).tolist()) for _ in range(10)]  # triples in the first clique
+    sets += [[0, 1], [2, 3], [1, 2, 3]]
+    offsets = np.cumsum([0] + [len(x) for x in sets])
+    y = rng.normal(size=(len(sets), 1)).astype(np.float32)
+    data = PerturbationData(genes=[f"G{i}" for i in range(N)], offsets=offsets,
+                            gene_index=np.concatenate(sets).astype(np.int32), types=np.ones(offsets[-1], np.int8),
+                            phenotypes=y, phenotype_names=["fitness"])  # fmt: skip
+    m = model()
+    m.set_target_scaling(np.array([0.0]), np.array([1.0]))
+    rows = np.arange(len(sets))
+    m.fit_records(data, rows)
+    probe = [len(sets) - 3, len(sets) - 2, len(sets) - 1]  # {0,1}, {2,3}, {1,2,3}: neighbours in a clique
+    gi = torch.as_tensor(np.concatenate([sets[r] for r in probe]))
+    ptr = torch.as_tensor(np.cumsum([0] + [len(sets[r]) for r in probe]))
+    loo = m.smoothed(gi, ptr, own=torch.as_tensor(y[probe]))
+    full = m.smoothed(gi, ptr)
+    genome = Genome([f"G{i}" for i in range(N)])
+    for j, r in enumerate(probe):
+        ref = GraphSmoothing(genome, GraphSet([cliques()], genome.hash), ["fitness"])
+        ref.fit_records(data, np.delete(rows, r))
+        sums, weights = ref.smooth(np.array([sets[r]]))
+        assert weights[0, 0] > 0  # the probes have neighbouring records besides themselves
+        assert float(loo[j, 0]) == pytest.approx(float(sums[0, 0] / weights[0, 0]), abs=1e-5)
+        assert float(loo[j, 1]) == 1.0
+    assert not torch.allclose(loo[:, 0], full[:, 0])  # the own record does enter without leave-one-out

@@ -21,6 +21,7 @@ monitoring signal; pass ``graph_losses=False`` to skip them).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -306,6 +307,10 @@ class CellFormer(PhenotypeModel):
             saved with the weights) and the share of neighbours that have one.
         pair_graph_features: the readout also gets, per input graph, the share of the set's member pairs that
             are graph neighbours.
+        smoothing_features: the readout also gets the graph-smoothing estimate of the set's phenotypes
+            (:class:`~cellformer.models.baselines.graph_smoothing.GraphSmoothing` over the input graphs, fitted
+            on the training records by :meth:`fit_records`; standardised, with a has-data flag per phenotype).
+            While training, the sample's own record is left out of its estimate, so it never sees its label.
         row_seed: seed of the model's own generator for graph rows and identity dropout (so they never
             shift the global RNG stream that orders batches).
     """
@@ -332,6 +337,7 @@ class CellFormer(PhenotypeModel):
         additive_path: bool = True,
         label_inputs: bool = True,
         pair_graph_features: bool = True,
+        smoothing_features: bool = True,
         row_seed: int = 0,
     ):
         super().__init__()
@@ -366,6 +372,7 @@ class CellFormer(PhenotypeModel):
             "additive_path": additive_path,
             "label_inputs": label_inputs,
             "pair_graph_features": pair_graph_features,
+            "smoothing_features": smoothing_features,
             "row_seed": row_seed,
         }
         self.label_inputs, self.pair_graph_features = label_inputs, pair_graph_features
@@ -409,6 +416,12 @@ class CellFormer(PhenotypeModel):
         self.hop_proj = nn.ModuleList([nn.Linear(d_model, d_model, bias=False) for _ in range(n_hop)])
         self.structure_proj = nn.Linear(struct.shape[1], d_model) if struct.shape[1] else None
         self.label_proj = nn.Linear(n_label, d_model) if n_label else None
+        self.smoother = None
+        if smoothing_features and graph_inputs:
+            from cellformer.models.baselines.graph_smoothing import GraphSmoothing
+
+            self.smoother = GraphSmoothing(genome, graphs, self.phenotype_names, graph_names=graph_inputs)
+        n_smooth = 2 * len(self.phenotype_names) if self.smoother is not None else 0
         self.unknown_gene = nn.Parameter(torch.zeros(d_model))
         self.cls_token = nn.Parameter(torch.zeros(d_model))
         self.embed_drop = nn.Dropout(dropout)
@@ -425,7 +438,7 @@ class CellFormer(PhenotypeModel):
             self.num_genes,
             pair_features,
             additive_path,
-            n_extra=len(graph_inputs) if pair_graph_features else 0,
+            n_extra=(len(graph_inputs) if pair_graph_features else 0) + n_smooth,
         )
         self.apply(self._init_weights)
         # Gene identities start at unit scale (nn.Embedding's default), not 0.02: with all-zero sequence
@@ -513,6 +526,8 @@ class CellFormer(PhenotypeModel):
         self.seen.copy_(torch.from_numpy(seen))
         if self.label_proj is not None:
             self.label_features.copy_(torch.from_numpy(self._neighbour_labels(data, np.flatnonzero(in_train))))
+        if self.smoother is not None:
+            self.smoother.fit_records(data, np.flatnonzero(in_train))
 
     def _neighbour_labels(self, data: PerturbationData, rows: np.ndarray) -> np.ndarray:
         """(N, G·(P+1)): per input graph, the neighbours' mean standardised single-mutant phenotypes over
@@ -542,6 +557,60 @@ class CellFormer(PhenotypeModel):
             share = np.divide(c[:, :1], deg, out=np.zeros_like(deg), where=deg > 0)
             out.append(np.concatenate([mean, share], axis=1))
         return np.concatenate(out, axis=1).astype(np.float32)
+
+    def set_features(
+        self, gene_index: torch.Tensor, ptr: torch.Tensor, own: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """Readout features of each set computed from the graphs and training records (None if none are on).
+
+        ``own`` (B, P): while training, the samples' own measured values, left out of the smoothing estimate.
+        """
+        parts = [self.set_graph_features(gene_index, ptr), self.smoothed(gene_index, ptr, own)]
+        parts = [f for f in parts if f is not None]
+        return torch.cat(parts, dim=1) if parts else None
+
+    @torch.no_grad()
+    def smoothed(
+        self, gene_index: torch.Tensor, ptr: torch.Tensor, own: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """(B, 2P): the graph-smoothing estimate of each set's phenotypes (standardised; 0 where there is no
+        neighbouring record) and a flag for whether there is one. ``own`` (B, P) removes each sample's own
+        record (its contribution ``K(S, S)·y``) from the estimate: a leave-one-out estimate for training."""
+        if self.smoother is None:
+            return None
+        sm = self.smoother
+        idx, ptr_np = gene_index.cpu().numpy().astype(np.int64), ptr.cpu().numpy()
+        sizes = np.diff(ptr_np)
+        B, P = len(sizes), len(self.phenotype_names)
+        value, has = np.zeros((B, P)), np.zeros((B, P))
+        own_np = None if own is None else own.detach().float().cpu().numpy().astype(np.float64)
+        for k in np.unique(sizes):
+            if k < 1 or k > sm.max_set_size:
+                continue
+            rows = np.flatnonzero(sizes == k)
+            sets = idx[ptr_np[rows][:, None] + np.arange(k)[None, :]]
+            ok = (sets < self.num_genes).all(1)
+            rows, sets = rows[ok], sets[ok]
+            if not len(rows):
+                continue
+            sums, weights = sm.smooth(sets)
+            if own_np is not None:  # leave the sample's own record out
+                w = sm.adjacency if k == 1 else sm.closed_adjacency
+                k_self = np.zeros(len(rows))
+                for perm in itertools.permutations(range(k)):
+                    term = np.ones(len(rows))
+                    for j in range(k):
+                        term *= np.asarray(w[sets[:, j], sets[:, perm[j]]]).ravel()
+                    k_self += term
+                y = own_np[rows]
+                sums = sums - k_self[:, None] * np.nan_to_num(y)
+                weights = weights - k_self[:, None] * ~np.isnan(y)
+            ok_w = weights > 1e-9
+            value[rows] = np.divide(sums, weights, out=np.zeros_like(sums), where=ok_w)
+            has[rows] = ok_w
+        v = self.standardise(torch.as_tensor(value, dtype=torch.float32, device=ptr.device))
+        h = torch.as_tensor(has, dtype=torch.float32, device=ptr.device)
+        return torch.cat([v * h, h], dim=1)
 
     def set_graph_features(self, gene_index: torch.Tensor, ptr: torch.Tensor) -> torch.Tensor | None:
         """(B, G): per input graph, the share of each set's member pairs that are neighbours (0 for singletons)."""
@@ -597,7 +666,7 @@ class CellFormer(PhenotypeModel):
         """
         if variant is None:
             variant = torch.zeros(ptr.numel() - 1, dtype=torch.long, device=ptr.device)
-        extra = self.set_graph_features(gene_index, ptr)
+        extra = self.set_features(gene_index, ptr)
         pred, beta = self.head(enc, gene_index, types, ptr, batch, variant, return_attention, extra)
         pred = self.unscale(pred)
         return (pred, beta) if return_attention else pred
@@ -613,7 +682,8 @@ class CellFormer(PhenotypeModel):
         if batch.variant.numel() and int(batch.variant.max()) >= len(added):
             raise ValueError(f"batch.variant refers to variant {int(batch.variant.max())} of {len(added)}")
         enc = self._encode_for_batch(added)
-        extra = self.set_graph_features(batch.gene_index, batch.ptr)
+        own = batch.y if self.training else None  # training samples are training records: leave them out
+        extra = self.set_features(batch.gene_index, batch.ptr, own)
         pred, beta = self.head(
             enc, batch.gene_index, batch.types, batch.ptr, batch.batch, batch.variant, return_attention, extra
         )
