@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 import torch
-from conftest import dense_graph_kl
+from conftest import clique_graph, dense_graph_kl, toy_genome
 
 from cellformer.data.dataset import collate_perturbations
 from cellformer.genome import Genome
@@ -18,26 +16,11 @@ from cellformer.models.graph_reg import graph_kl
 N, F_DIM = 60, 6
 
 
-def clique_graph(name: str = "cliques", n: int = N, size: int = 10, weighted: bool = False) -> GeneGraph:
-    src, dst = [], []
-    for c in range(n // size):
-        for a, b in itertools.combinations(range(c * size, (c + 1) * size), 2):
-            src.append(a)
-            dst.append(b)
-    w = np.random.default_rng(1).uniform(0.5, 2.0, len(src)) if weighted else None
-    return GeneGraph.from_edges(name, n, np.array(src), np.array(dst), w)
-
-
-def toy_genome(added: np.ndarray | None = None) -> Genome:
-    feats = np.random.default_rng(0).normal(size=(N, F_DIM)).astype(np.float32)
-    return Genome([f"G{i}" for i in range(N)], features=feats, added=added)
-
-
 def toy_model(graph_reg: dict, graphs: GraphSet | None = None, genome: Genome | None = None, seed: int = 0, **kw):
     torch.manual_seed(seed)
-    graphs = graphs or GraphSet([clique_graph()])
+    graphs = graphs or GraphSet([clique_graph(n=N)])
     hp = {"d_model": 32, "n_layers": 2, "n_heads": 2, "dropout": 0.0} | kw
-    return CellFormer(genome or toy_genome(), graphs, ["fitness"], graph_reg=graph_reg, **hp)
+    return CellFormer(genome or toy_genome(N, features=F_DIM), graphs, ["fitness"], graph_reg=graph_reg, **hp)
 
 
 def test_trained_head_aligns_with_graph_and_free_head_does_not():
@@ -97,7 +80,7 @@ def test_gradient_reaches_only_the_tied_head():
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("layer,head", [(0, 1), (1, 0)])
 def test_sampled_kl_matches_dense_reference(weighted, layer, head):
-    graphs = GraphSet([clique_graph(weighted=weighted)])
+    graphs = GraphSet([clique_graph(n=N, weighted=weighted)])
     model = toy_model({"cliques": {"layer": layer, "head": head, "weight": 0.7, "rows": 13}}, graphs=graphs)
     model.eval()
     with torch.no_grad():
@@ -142,14 +125,18 @@ def test_rows_are_reproducible_and_uniform():
 
 def test_masked_rows_never_enter():
     # genes 0-9 have no edges; genes 50-59 are added genes of the genome, whose edges are dropped
-    graph = clique_graph()
+    graph = clique_graph(n=N)
     adj = graph.adj.tolil()
     adj[0:10, :] = 0
     adj[:, 0:10] = 0
     graphs = GraphSet([GeneGraph("cliques", adj.tocsr())])
     added = np.zeros(N, dtype=bool)
     added[50:] = True
-    model = toy_model({"cliques": {"layer": 0, "head": 1, "rows": 7}}, graphs=graphs, genome=toy_genome(added))
+    model = toy_model(
+        {"cliques": {"layer": 0, "head": 1, "rows": 7}},
+        graphs=graphs,
+        genome=toy_genome(N, features=F_DIM, added=added),
+    )
     model.eval()
     valid = model.valid_rows("cliques")
     assert torch.equal(valid, torch.arange(10, 50))
@@ -207,5 +194,5 @@ def test_graph_buffers_follow_the_model_and_hparams_are_json():
     hp = json.loads(json.dumps(model.hparams_dict))
     assert hp["graph_reg"] == {"cliques": {"layer": 0, "head": 0, "weight": 0.5, "rows": 8, "transpose": False}}
     # a rebuilt model from the hyper-parameters loads the state dict
-    rebuilt = CellFormer(toy_genome(), GraphSet([clique_graph()]), ["fitness"], **hp)
+    rebuilt = CellFormer(toy_genome(N, features=F_DIM), GraphSet([clique_graph(n=N)]), ["fitness"], **hp)
     rebuilt.load_state_dict(model.state_dict())
