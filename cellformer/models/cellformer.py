@@ -331,7 +331,7 @@ class CellFormer(PhenotypeModel):
         graph_inputs: list[str] | None = None,
         input_hops: int = 2,
         structural_dim: int = 16,
-        identity_dropout: float = 0.1,
+        identity_dropout: float = 0.3,
         mask_unseen: bool = True,
         pair_features: bool = True,
         additive_path: bool = True,
