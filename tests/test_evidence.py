@@ -55,6 +55,9 @@ def test_evidence_toy_run_writes_outputs(evidence, tmp_path: Path) -> None:
         r["n_train"] for r in runs if r["setting"] == "gene_holdout"
     )
     assert {t["status"] for t in report["targets"]} <= {"met", "MISSED", "n/a"}
+    md.unlink()
+    again = evidence.main(["--from-json", str(js)])  # re-rendered from the JSON alone, same targets
+    assert md.exists() and [t["status"] for t in again["targets"]] == [t["status"] for t in report["targets"]]
 
 
 def test_gene_holdout_settings_keep_held_out_genes_out_of_training(evidence) -> None:
