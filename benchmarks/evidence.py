@@ -529,8 +529,17 @@ def summarise(runs: list[dict], settings: list[str], arms: list[str], keys: list
     return out
 
 
+def _pearson(r: dict, key: str) -> float:
+    """Test Pearson of a run; an undefined one (a constant prediction, no correlation) counts as 0."""
+    v = r["test"][key]["pearson"]
+    return 0.0 if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
 def paired(runs: list[dict], setting: str, a: str, b: str, key: str) -> list[float]:
-    """Per-seed test-Pearson differences ``a − b`` in one setting (same split, batches and seed)."""
+    """Per-seed test-Pearson differences ``a − b`` in one setting (same split, batches and seed).
+
+    A run whose predictions are constant (undefined Pearson) counts as 0: it carries no correlation.
+    """
     by_seed: dict[int, dict[str, dict]] = {}
     for r in runs:
         if r["setting"] == setting and r["arm"] in (a, b):
@@ -539,7 +548,7 @@ def paired(runs: list[dict], setting: str, a: str, b: str, key: str) -> list[flo
     for s in sorted(by_seed):
         pair = by_seed[s]
         if len(pair) == 2 and key in pair[a]["test"] and key in pair[b]["test"]:
-            out.append(pair[a]["test"][key]["pearson"] - pair[b]["test"][key]["pearson"])
+            out.append(_pearson(pair[a], key) - _pearson(pair[b], key))
     return out
 
 
@@ -624,6 +633,7 @@ def markdown(report: dict) -> str:
                 cells = " | ".join(_fmt(e[k]) for k in keys)
                 lines.append(f"| {ARM_LABELS.get(arm, arm)} | {cells} | {_fmt(e['fitness_singles_r2'])} |")
     lines += ["", "## Paired differences (test Pearson, per seed: mean ± sd)", "",
+              "A constant prediction (undefined Pearson, e.g. no graph for genes never seen) counts as 0.", "",
               "| setting | comparison | " + " | ".join(labels.get(k, k) for k in keys) + " |",
               "|---|---|" + "---:|" * len(keys)]  # fmt: skip
     for st in settings:
