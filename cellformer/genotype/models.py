@@ -123,7 +123,26 @@ def _kfold(n: int, k: int, seed: int) -> list[np.ndarray]:
     return [np.sort(f) for f in np.array_split(perm, k)]
 
 
-class Ridge(GenotypeModel):
+class LinearGenotypeModel(GenotypeModel):
+    """A linear model ``ŷ = xWᵀ + b`` solved in closed form: weights, bias and the chosen λ are buffers."""
+
+    closed_form = True
+
+    def __init__(self, n_loci: int, n_phenotypes: int):
+        super().__init__(n_loci, n_phenotypes)
+        self.register_buffer("weight", torch.zeros(n_phenotypes, n_loci))
+        self.register_buffer("bias", torch.zeros(n_phenotypes))
+        self.register_buffer("lam", torch.full((n_phenotypes,), float("nan")))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def coefficients(self) -> np.ndarray:
+        """(P, L) effect of each locus on each (standardised) phenotype."""
+        return self.weight.detach().cpu().numpy()
+
+
+class Ridge(LinearGenotypeModel):
     """Ridge regression ``ŷ = xW + b`` solved in closed form, one λ per phenotype.
 
     λ is picked from ``lambdas`` (default: ``mean eigenvalue of XᵀX × 10^[-4 … 2]``, 19 values) by
@@ -137,23 +156,11 @@ class Ridge(GenotypeModel):
         seed: fold assignment.
     """
 
-    closed_form = True
-
     def __init__(self, n_loci: int, n_phenotypes: int, lambdas: list[float] | None = None, cv_folds: int = 5,
                  seed: int = 0):
         super().__init__(n_loci, n_phenotypes)
         self.hparams_dict = {"lambdas": lambdas, "cv_folds": cv_folds, "seed": seed}
         self.lambdas, self.cv_folds, self.seed = lambdas, int(cv_folds), int(seed)
-        self.register_buffer("weight", torch.zeros(n_phenotypes, n_loci))
-        self.register_buffer("bias", torch.zeros(n_phenotypes))
-        self.register_buffer("lam", torch.full((n_phenotypes,), float("nan")))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
-
-    def coefficients(self) -> np.ndarray:
-        """(P, L) effect of each locus on each (standardised) phenotype."""
-        return self.weight.detach().cpu().numpy()
 
     def _grid(self, x: np.ndarray) -> np.ndarray:
         if self.lambdas is not None:
@@ -203,7 +210,7 @@ class Ridge(GenotypeModel):
         return {"lambda": lam.tolist(), "selection": "validation" if use_val else f"{self.cv_folds}-fold CV"}
 
 
-class Lasso(GenotypeModel):
+class Lasso(LinearGenotypeModel):
     """L1-penalised linear model ``min (1/2n)‖y − xw − b‖² + λ‖w‖₁`` per phenotype, by FISTA.
 
     The path runs from ``λ_max`` (all-zero weights) down to ``λ_max · min_ratio`` over ``n_lambdas``
@@ -212,8 +219,6 @@ class Lasso(GenotypeModel):
     loci with non-zero weight.
     """
 
-    closed_form = True
-
     def __init__(self, n_loci: int, n_phenotypes: int, n_lambdas: int = 20, min_ratio: float = 1e-3,
                  max_iter: int = 500, tol: float = 1e-6, cv_folds: int = 5, seed: int = 0):
         super().__init__(n_loci, n_phenotypes)
@@ -221,15 +226,6 @@ class Lasso(GenotypeModel):
                              "cv_folds": cv_folds, "seed": seed}
         self.n_lambdas, self.min_ratio, self.max_iter, self.tol = int(n_lambdas), float(min_ratio), int(max_iter), tol
         self.cv_folds, self.seed = int(cv_folds), int(seed)
-        self.register_buffer("weight", torch.zeros(n_phenotypes, n_loci))
-        self.register_buffer("bias", torch.zeros(n_phenotypes))
-        self.register_buffer("lam", torch.full((n_phenotypes,), float("nan")))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
-
-    def coefficients(self) -> np.ndarray:
-        return self.weight.detach().cpu().numpy()
 
     def selected_loci(self, phenotype: int | None = None) -> np.ndarray:
         """Indices of loci with a non-zero weight (for one phenotype, or for any)."""

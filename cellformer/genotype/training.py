@@ -33,6 +33,7 @@ from cellformer.genotype.locus_graph import build_locus_graphs
 from cellformer.genotype.models import GenotypeModel, build_genotype_model
 from cellformer.graphs.graph import GeneGraph
 from cellformer.training.metrics import format_metrics_table, masked_mse, regression_metrics
+from cellformer.training.optim import adamw_warmup_cosine
 
 CHECKPOINT_KEY = "cellformer_genotype"
 CHECKPOINT_VERSION = 1
@@ -330,25 +331,9 @@ class GenotypeModule(L.LightningModule):
     def configure_optimizers(self):
         if self.model.closed_form:
             return None
-        decay, no_decay = [], []
-        for n, p in self.model.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim < 2 or "embed" in n or "norm" in n else decay).append(p)
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr,
-        )
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1000
-        warm, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
-
-        def schedule(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            t = min(1.0, (step - warm) / max(1, total - warm))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        hp = self.hparams
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1000
+        return adamw_warmup_cosine(self.model, hp.lr, hp.weight_decay, hp.warmup_steps, hp.min_lr_ratio, total)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
