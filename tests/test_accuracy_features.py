@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import clique_graph, toy_genome
 from test_training import toy_config, toy_problem
 
 from cellformer.cli import main as cli_main
@@ -24,18 +24,14 @@ from cellformer.training.module import PhenotypeModule
 N = 40
 
 
-def cliques(n: int = N, size: int = 8, directed: bool = False, name: str = "cliques") -> GeneGraph:
-    src, dst = [], []
-    for c in range(n // size):
-        for a, b in itertools.combinations(range(c * size, (c + 1) * size), 2):
-            src.append(a)
-            dst.append(b)
-    return GeneGraph.from_edges(name, n, np.array(src), np.array(dst), directed=directed or None)
+def cliques() -> GeneGraph:
+    """Five cliques of 8 genes (the graph of every model here)."""
+    return clique_graph(n=N, size=8)
 
 
 def model(**kw) -> torch.nn.Module:
     torch.manual_seed(0)
-    genome = Genome([f"G{i}" for i in range(N)])
+    genome = toy_genome(N)
     graphs = GraphSet([cliques()], genome.hash)
     hp = {"d_model": 16, "n_layers": 2, "n_heads": 2, "dropout": 0.0} | kw
     return build_model("cellformer", genome, graphs, ["fitness"], **hp)
@@ -98,7 +94,7 @@ def test_val_loss_is_the_phenotype_loss_alone(tmp_path: Path):
 
 
 def test_negative_or_nan_phenotype_weight_is_rejected(tmp_path: Path):
-    ctx = DataContext(Genome([f"G{i}" for i in range(N)]), GraphSet([cliques()]), ["fitness"])
+    ctx = DataContext(toy_genome(N), GraphSet([cliques()]), ["fitness"])
     for bad in (-1.0, float("nan")):
         with pytest.raises(UserError, match="phenotype_weights must be finite and ≥ 0"):
             PhenotypeModule(model="additive", phenotype_weights={"fitness": bad}, context=ctx)
@@ -186,7 +182,7 @@ def test_kl_ties_in_several_layers_reach_each_layer():
 
 
 def test_transpose_ties_targets_to_their_regulators():
-    genome = Genome([f"G{i}" for i in range(N)])
+    genome = toy_genome(N)
     star = GeneGraph.from_edges("reg", N, np.zeros(10, np.int64), np.arange(1, 11), directed=True)  # TF 0 -> 1..10
     graphs = GraphSet([star], genome.hash)
     plain = build_model("cellformer", genome, graphs, ["fitness"], d_model=16, n_layers=1, n_heads=2,
@@ -257,7 +253,7 @@ def test_smoothing_features_leave_the_training_record_out():
     ptr = torch.as_tensor(np.cumsum([0] + [len(sets[r]) for r in probe]))
     loo = m.smoothed(gi, ptr, own=torch.as_tensor(y[probe]))
     full = m.smoothed(gi, ptr)
-    genome = Genome([f"G{i}" for i in range(N)])
+    genome = toy_genome(N)
     for j, r in enumerate(probe):
         ref = GraphSmoothing(genome, GraphSet([cliques()], genome.hash), ["fitness"])
         ref.fit_records(data, np.delete(rows, r))

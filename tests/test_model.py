@@ -7,10 +7,11 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from conftest import clique_graph, ring_graph
 
 from cellformer.data.dataset import PerturbationType, collate_perturbations
 from cellformer.genome import Genome
-from cellformer.graphs import GeneGraph, GraphSet
+from cellformer.graphs import GraphSet
 from cellformer.models.base import ModelOutput
 from cellformer.models.cellformer import CellFormer, oversmoothing
 
@@ -20,10 +21,7 @@ HET = RNG.normal(size=(3, F_DIM)).astype(np.float32)  # three heterologous genes
 
 
 def graphs() -> GraphSet:
-    pairs = [(a, b) for c in range(4) for a, b in itertools.combinations(range(c * 10, c * 10 + 10), 2)]
-    src, dst = np.array(pairs).T
-    ring = GeneGraph.from_edges("ring", N, np.arange(N), (np.arange(N) + 1) % N)
-    return GraphSet([GeneGraph.from_edges("cliques", N, src, dst), ring])
+    return GraphSet([clique_graph("cliques", n=N, size=10), ring_graph("ring", n=N)])
 
 
 def make_model(pool: str = "mean", seed: int = 0, dropout: float = 0.0, **kw) -> CellFormer:
