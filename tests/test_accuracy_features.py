@@ -262,3 +262,21 @@ def test_smoothing_features_leave_the_training_record_out():
         assert float(loo[j, 0]) == pytest.approx(float(sums[0, 0] / weights[0, 0]), abs=1e-5)
         assert float(loo[j, 1]) == 1.0
     assert not torch.allclose(loo[:, 0], full[:, 0])  # the own record does enter without leave-one-out
+
+
+def test_member_singles_use_each_members_single_but_never_a_training_singles_own():
+    m = model(member_singles=True)
+    # training singles of genes 0 (y=1) and 1 (y=3), a pair {0, 1}
+    data = PerturbationData(genes=[f"G{i}" for i in range(N)], offsets=np.array([0, 1, 2, 4]),
+                            gene_index=np.array([0, 1, 0, 1], np.int32), types=np.ones(4, np.int8),
+                            phenotypes=np.array([[1.0], [3.0], [5.0]], np.float32),
+                            phenotype_names=["fitness"])  # fmt: skip
+    m.set_target_scaling(np.array([0.0]), np.array([1.0]))
+    m.fit_records(data, np.arange(3))
+    gi, ptr = torch.tensor([1, 0, 1, 0, 5]), torch.tensor([0, 1, 3, 4, 5])  # {1}, {0, 1}, {0}, {5}
+    train = m.member_single_features(gi, ptr, leave_out_singles=True)
+    infer = m.member_single_features(gi, ptr)
+    # columns: sum of values, count, mean pairwise product
+    assert train[:, 0].tolist() == [0.0, 4.0, 0.0, 0.0] and train[:, 1].tolist() == [0.0, 2.0, 0.0, 0.0]
+    assert infer[:, 0].tolist() == [3.0, 4.0, 1.0, 0.0] and infer[:, 1].tolist() == [1.0, 2.0, 1.0, 0.0]
+    assert train[1, 2] == pytest.approx(3.0) and train[0, 2] == 0.0

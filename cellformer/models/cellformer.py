@@ -311,6 +311,9 @@ class CellFormer(PhenotypeModel):
             (:class:`~cellformer.models.baselines.graph_smoothing.GraphSmoothing` over the input graphs, fitted
             on the training records by :meth:`fit_records`; standardised, with a has-data flag per phenotype).
             While training, the sample's own record is left out of its estimate, so it never sees its label.
+        member_singles: the readout also gets the members' own measured single-mutant phenotypes from the
+            training records (standardised, summed over the members, with has-data flags, and their mean
+            pairwise product); a training single never sees its own value.
         row_seed: seed of the model's own generator for graph rows and identity dropout (so they never
             shift the global RNG stream that orders batches).
     """
@@ -338,6 +341,7 @@ class CellFormer(PhenotypeModel):
         label_inputs: bool = True,
         pair_graph_features: bool = True,
         smoothing_features: bool = True,
+        member_singles: bool = False,
         row_seed: int = 0,
     ):
         super().__init__()
@@ -373,8 +377,10 @@ class CellFormer(PhenotypeModel):
             "label_inputs": label_inputs,
             "pair_graph_features": pair_graph_features,
             "smoothing_features": smoothing_features,
+            "member_singles": member_singles,
             "row_seed": row_seed,
         }
+        self.member_singles = member_singles
         self.label_inputs, self.pair_graph_features = label_inputs, pair_graph_features
         self.graph_inputs, self.input_hops = graph_inputs, input_hops
         self.identity_dropout, self.mask_unseen = identity_dropout, mask_unseen
@@ -422,6 +428,9 @@ class CellFormer(PhenotypeModel):
 
             self.smoother = GraphSmoothing(genome, graphs, self.phenotype_names, graph_names=graph_inputs)
         n_smooth = 2 * len(self.phenotype_names) if self.smoother is not None else 0
+        n_smooth += 3 * len(self.phenotype_names) if member_singles else 0
+        self.register_buffer("single_value", torch.zeros(self.num_genes, len(self.phenotype_names)))
+        self.register_buffer("single_has", torch.zeros(self.num_genes, len(self.phenotype_names)))
         self.unknown_gene = nn.Parameter(torch.zeros(d_model))
         self.cls_token = nn.Parameter(torch.zeros(d_model))
         self.embed_drop = nn.Dropout(dropout)
@@ -528,10 +537,12 @@ class CellFormer(PhenotypeModel):
             self.label_features.copy_(torch.from_numpy(self._neighbour_labels(data, np.flatnonzero(in_train))))
         if self.smoother is not None:
             self.smoother.fit_records(data, np.flatnonzero(in_train))
+        value, has = self._single_means(data, np.flatnonzero(in_train))
+        self.single_value.copy_(torch.from_numpy(value.astype(np.float32)))
+        self.single_has.copy_(torch.from_numpy(has.astype(np.float32)))
 
-    def _neighbour_labels(self, data: PerturbationData, rows: np.ndarray) -> np.ndarray:
-        """(N, G·(P+1)): per input graph, the neighbours' mean standardised single-mutant phenotypes over
-        the training singles (NaN-aware, 0 where none) and the share of neighbours with a measurement."""
+    def _single_means(self, data: PerturbationData, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, P) mean standardised single-mutant phenotypes over the training singles, and (N, P) has-data."""
         single = rows[np.diff(data.offsets)[rows] == 1]
         genes = data.gene_index[data.offsets[single]].astype(np.int64)
         ok = (genes >= 0) & (genes < self.num_genes)
@@ -539,12 +550,16 @@ class CellFormer(PhenotypeModel):
         cols = [data.phenotype_names.index(n) for n in self.phenotype_names]
         y = self.standardise(torch.from_numpy(data.phenotypes[single][:, cols].astype(np.float32))).numpy()
         P = len(cols)
-        value = np.zeros((self.num_genes, P))
-        has = np.zeros((self.num_genes, P))
+        value, count = np.zeros((self.num_genes, P)), np.zeros((self.num_genes, P))
         np.add.at(value, genes, np.nan_to_num(y))
-        np.add.at(has, genes, ~np.isnan(y))
-        value = np.divide(value, has, out=np.zeros_like(value), where=has > 0)  # per-gene mean of its singles
-        measured = (has > 0).astype(np.float64)
+        np.add.at(count, genes, ~np.isnan(y))
+        value = np.divide(value, count, out=np.zeros_like(value), where=count > 0)
+        return value, (count > 0).astype(np.float64)
+
+    def _neighbour_labels(self, data: PerturbationData, rows: np.ndarray) -> np.ndarray:
+        """(N, G·(P+1)): per input graph, the neighbours' mean standardised single-mutant phenotypes over
+        the training singles (NaN-aware, 0 where none) and the share of neighbours with a measurement."""
+        value, measured = self._single_means(data, rows)
         out = []
         for k in range(len(self.graph_inputs)):
             row, col, val = (getattr(self, f"input{k}_{p}").cpu().numpy() for p in ("row", "col", "val"))
@@ -566,8 +581,31 @@ class CellFormer(PhenotypeModel):
         ``own`` (B, P): while training, the samples' own measured values, left out of the smoothing estimate.
         """
         parts = [self.set_graph_features(gene_index, ptr), self.smoothed(gene_index, ptr, own)]
+        parts.append(self.member_single_features(gene_index, ptr, leave_out_singles=own is not None))
         parts = [f for f in parts if f is not None]
         return torch.cat(parts, dim=1) if parts else None
+
+    @torch.no_grad()
+    def member_single_features(
+        self, gene_index: torch.Tensor, ptr: torch.Tensor, leave_out_singles: bool = False
+    ) -> torch.Tensor | None:
+        """(B, 3P): members' measured single-mutant phenotypes summed, their has-data flags summed, and the
+        mean pairwise product (None unless ``member_singles``). ``leave_out_singles`` (training): a set of
+        one gene is that gene's own training single, so its value is left out."""
+        if not self.member_singles:
+            return None
+        B = ptr.numel() - 1
+        batch = torch.repeat_interleave(torch.arange(B, device=ptr.device), ptr[1:] - ptr[:-1])
+        known = gene_index < self.num_genes
+        g = torch.where(known, gene_index, torch.zeros_like(gene_index)).long()
+        has = self.single_has[g] * known[:, None].float()
+        if leave_out_singles:
+            singleton = (ptr[1:] - ptr[:-1] == 1)[batch]
+            has = has * (~singleton)[:, None].float()
+        v = self.single_value[g] * has
+        total = torch.zeros(B, v.shape[1], device=v.device).index_add(0, batch, v)
+        count = torch.zeros(B, v.shape[1], device=v.device).index_add(0, batch, has)
+        return torch.cat([total, count, PerturbationHead.pairwise(v, batch, B)], dim=1)
 
     @torch.no_grad()
     def smoothed(
