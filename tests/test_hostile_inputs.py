@@ -59,7 +59,12 @@ def test_debug_shows_the_traceback_and_bugs_keep_theirs(tmp_path, capsys, monkey
         main(["data", "info", missing])
 
 
-def test_broken_pipe_on_stdout_is_quiet(capsys, monkeypatch):
+def test_broken_pipe_on_stdout_is_quiet(tmp_path, capsys, monkeypatch):
+    from conftest import query_data, query_genome
+
+    dataset = tmp_path / "toy.h5"
+    query_data(query_genome()).save(dataset)
+
     class ClosedPipe:
         def write(self, text: str) -> int:
             raise BrokenPipeError(32, "Broken pipe")
@@ -68,7 +73,7 @@ def test_broken_pipe_on_stdout_is_quiet(capsys, monkeypatch):
             raise BrokenPipeError(32, "Broken pipe")
 
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
-    assert main(["data", "info"]) == 0
+    assert main(["data", "info", str(dataset)]) == 0
     assert capsys.readouterr().err == ""
 
 
