@@ -5,14 +5,22 @@ Reading order (design note, sections 2-5):
 1. :class:`SelfAttention`, :class:`MLP`, :class:`Block` -- a pre-LN transformer block
    (``x = x + Attn(LN(x)); x = x + FFN(LN(x))``) with attention through
    ``F.scaled_dot_product_attention`` and an optional key-padding mask.
-2. :meth:`CellFormer.encode` -- every gene is a token ``Linear(features_i) + id_embedding_i`` (a learned
-   ``unknown_gene`` vector replaces the identity of added/heterologous genes), a learned CLS token is
-   prepended and there is no positional encoding. The encoder runs once per training step on the
-   wild-type genome, plus once per heterologous variant in the batch (variants padded to the longest).
+2. :meth:`CellFormer.encode` -- every gene is a token ``Linear(features_i) + identity_i + context_i``.
+   :meth:`CellFormer.identities`: a learned vector per gene, or the learned ``unknown_gene`` vector for
+   added genes, genes seen in no training record and (while training) an ``identity_dropout`` share.
+   :meth:`CellFormer.graph_context`: neighbour-averaged identities per input graph and hop, a fixed
+   spectral encoding (:func:`structural_encoding`) and the neighbours' training single mutants. A learned
+   CLS token is prepended and there is no positional encoding. The encoder runs once per training step on
+   the wild-type genome, plus once per heterologous variant in the batch (variants padded to the longest).
 3. Graph regularisation (:mod:`cellformer.models.graph_reg`) -- ``λ · KL(Ã_i ‖ α_i)`` on sampled rows of
    the tied heads, computed on the wild-type pass with the same parameters as the forward pass.
 4. :class:`PerturbationHead` -- ``g(F(G), S)``: pool the members of S into ``q_S``, attend from ``q_S`` to
-   all genes, summarise ``z_S = Σ_i β_i φ(h_i, m_i)`` and read out ``ŷ = MLP([h_CLS ‖ z_S])``.
+   all genes, summarise ``z_S = Σ_i β_i φ(h_i, m_i)`` and read out ``ŷ = MLP([h_CLS ‖ z_S ‖ p_S ‖ e_S]) +
+   Σ_{i∈S} a(φ(h_i, m_i))``: ``p_S`` the members' mean pairwise product, ``e_S`` set features from the
+   graphs and the training records (:meth:`CellFormer.set_features`: adjacent member pairs, a leave-one-out
+   graph-smoothing estimate, optionally the members' own single mutants).
+5. :meth:`CellFormer.fit_records` -- what the model learns from the training records without gradients
+   (seen genes, neighbour and member single mutants, the smoothing table); called once at ``fit``.
 
 ``forward(batch)`` returns ``ModelOutput(pred (B, P), losses, extras)``; ``losses`` holds
 ``graph/<name> = λ·KL`` for every regularised graph in train *and* eval mode (eval values are a
