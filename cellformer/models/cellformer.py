@@ -29,7 +29,6 @@ monitoring signal; pass ``graph_losses=False`` to skip them).
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -536,22 +535,22 @@ class CellFormer(PhenotypeModel):
         """Mark the genes that occur in the training records (the others get the ``unknown_gene`` identity)."""
         in_train = np.zeros(len(data), dtype=bool)
         in_train[np.asarray(train_rows, dtype=np.int64)] = True
-        genes = data.gene_index[np.repeat(in_train, np.diff(data.offsets))]
+        genes = data.gene_index[np.repeat(in_train, data.set_sizes)]
         seen = np.zeros(self.num_genes, dtype=bool)
         genes = genes[(genes >= 0) & (genes < self.num_genes)]
         seen[genes] = True
         self.seen.copy_(torch.from_numpy(seen))
+        value, has = self._single_means(data, np.flatnonzero(in_train))
         if self.label_proj is not None:
-            self.label_features.copy_(torch.from_numpy(self._neighbour_labels(data, np.flatnonzero(in_train))))
+            self.label_features.copy_(torch.from_numpy(self._neighbour_labels(value, has)))
         if self.smoother is not None:
             self.smoother.fit_records(data, np.flatnonzero(in_train))
-        value, has = self._single_means(data, np.flatnonzero(in_train))
         self.single_value.copy_(torch.from_numpy(value.astype(np.float32)))
         self.single_has.copy_(torch.from_numpy(has.astype(np.float32)))
 
     def _single_means(self, data: PerturbationData, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, P) mean standardised single-mutant phenotypes over the training singles, and (N, P) has-data."""
-        single = rows[np.diff(data.offsets)[rows] == 1]
+        single = rows[data.set_sizes[rows] == 1]
         genes = data.gene_index[data.offsets[single]].astype(np.int64)
         ok = (genes >= 0) & (genes < self.num_genes)
         genes, single = genes[ok], single[ok]
@@ -564,10 +563,9 @@ class CellFormer(PhenotypeModel):
         value = np.divide(value, count, out=np.zeros_like(value), where=count > 0)
         return value, (count > 0).astype(np.float64)
 
-    def _neighbour_labels(self, data: PerturbationData, rows: np.ndarray) -> np.ndarray:
-        """(N, G·(P+1)): per input graph, the neighbours' mean standardised single-mutant phenotypes over
-        the training singles (NaN-aware, 0 where none) and the share of neighbours with a measurement."""
-        value, measured = self._single_means(data, rows)
+    def _neighbour_labels(self, value: np.ndarray, measured: np.ndarray) -> np.ndarray:
+        """(N, G·(P+1)): per input graph, the neighbours' mean of the per-gene single-mutant ``value`` (where
+        ``measured``; 0 where none) and the share of neighbours with a measurement."""
         out = []
         for k in range(len(self.graph_inputs)):
             row, col, val = (getattr(self, f"input{k}_{p}").cpu().numpy() for p in ("row", "col", "val"))
@@ -624,36 +622,9 @@ class CellFormer(PhenotypeModel):
         record (its contribution ``K(S, S)·y``) from the estimate: a leave-one-out estimate for training."""
         if self.smoother is None:
             return None
-        sm = self.smoother
-        idx, ptr_np = gene_index.cpu().numpy().astype(np.int64), ptr.cpu().numpy()
-        sizes = np.diff(ptr_np)
-        B, P = len(sizes), len(self.phenotype_names)
-        value, has = np.zeros((B, P)), np.zeros((B, P))
-        own_np = None if own is None else own.detach().float().cpu().numpy().astype(np.float64)
-        for k in np.unique(sizes):
-            if k < 1 or k > sm.max_set_size:
-                continue
-            rows = np.flatnonzero(sizes == k)
-            sets = idx[ptr_np[rows][:, None] + np.arange(k)[None, :]]
-            ok = (sets < self.num_genes).all(1)
-            rows, sets = rows[ok], sets[ok]
-            if not len(rows):
-                continue
-            sums, weights = sm.smooth(sets)
-            if own_np is not None:  # leave the sample's own record out
-                w = sm.adjacency if k == 1 else sm.closed_adjacency
-                k_self = np.zeros(len(rows))
-                for perm in itertools.permutations(range(k)):
-                    term = np.ones(len(rows))
-                    for j in range(k):
-                        term *= np.asarray(w[sets[:, j], sets[:, perm[j]]]).ravel()
-                    k_self += term
-                y = own_np[rows]
-                sums = sums - k_self[:, None] * np.nan_to_num(y)
-                weights = weights - k_self[:, None] * ~np.isnan(y)
-            ok_w = weights > 1e-9
-            value[rows] = np.divide(sums, weights, out=np.zeros_like(sums), where=ok_w)
-            has[rows] = ok_w
+        sums, weights = self.smoother.estimate(gene_index, ptr, own)
+        has = weights > 1e-9  # a leave-one-out weight can round to a tiny positive number
+        value = np.divide(sums, weights, out=np.zeros_like(sums), where=has)
         v = self.standardise(torch.as_tensor(value, dtype=torch.float32, device=ptr.device))
         h = torch.as_tensor(has, dtype=torch.float32, device=ptr.device)
         return torch.cat([v * h, h], dim=1)

@@ -185,30 +185,62 @@ class GraphSmoothing(PhenotypeModel):
             kernel = x if kernel is None else kernel.multiply(x).tocsr()
         return np.asarray(kernel @ filled), np.asarray(kernel @ measured)
 
+    def estimate(
+        self, gene_index: torch.Tensor, ptr: torch.Tensor, own: torch.Tensor | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Sums and weights ``(B, P)`` of the neighbouring training records of every set of a CSR batch.
+
+        Sets larger than ``max_set_size`` or with a gene outside the base genome get zero weight. ``own``
+        (B, P): the sets' own measured values, when every set is itself a training record; its own
+        contribution ``K(S, S)·y`` is removed (a leave-one-out estimate).
+        """
+        ptr_np, genes = ptr.cpu().numpy(), gene_index.cpu().numpy().astype(np.int64)
+        sizes = np.diff(ptr_np)
+        sums = np.zeros((len(sizes), len(self.phenotype_names)))
+        weights = np.zeros_like(sums)
+        own_np = None if own is None else own.detach().float().cpu().numpy().astype(np.float64)
+        for k in np.unique(sizes):
+            if k < 1 or k > self.max_set_size:
+                continue
+            rows = np.flatnonzero(sizes == k)
+            sets = genes[ptr_np[rows][:, None] + np.arange(k)[None, :]]
+            ok = (sets < self.num_genes).all(1)
+            rows, sets = rows[ok], sets[ok]
+            if not len(rows):
+                continue
+            s, w = self.smooth(sets)
+            if own_np is not None:
+                k_self = self._self_kernel(sets)
+                s = s - k_self[:, None] * np.nan_to_num(own_np[rows])
+                w = w - k_self[:, None] * ~np.isnan(own_np[rows])
+            sums[rows], weights[rows] = s, w
+        return sums, weights
+
+    def _self_kernel(self, sets: np.ndarray) -> np.ndarray:
+        """``K(S, S)`` for sets (Q, k): the weight a record gives itself (0 for singles: open neighbourhoods)."""
+        k = sets.shape[1]
+        w = self.adjacency if k == 1 else self.closed_adjacency
+        out = np.zeros(len(sets))
+        for perm in itertools.permutations(range(k)):
+            term = np.ones(len(sets))
+            for j in range(k):
+                term *= np.asarray(w[sets[:, j], sets[:, perm[j]]]).ravel()
+            out += term
+        return out
+
     def forward(self, batch: PerturbationBatch) -> ModelOutput:
-        ptr = batch.ptr.cpu().numpy()
-        genes = batch.gene_index.cpu().numpy()
-        sizes = np.diff(ptr)
+        sizes = np.diff(batch.ptr.cpu().numpy())
         bsz, p = len(sizes), len(self.phenotype_names)
         size_mean = self.size_mean.cpu().numpy().astype(np.float64)
         fallback_of_size = np.where(np.isnan(size_mean), size_mean[0], size_mean)
         pred = np.empty((bsz, p))
-        fell_back = np.ones((bsz, p), dtype=bool)
         for k in np.unique(sizes):
-            rows = np.flatnonzero(sizes == k)
-            pred[rows] = fallback_of_size[min(k, self.max_set_size + 1)] if k > 0 else size_mean[0]
-            if k == 0 or k > self.max_set_size:
-                continue
-            sets = genes[ptr[rows][:, None] + np.arange(k)[None, :]].astype(np.int64)
-            ok = (sets < self.num_genes).all(1)
-            if not ok.any():
-                continue
-            sums, weights = self.smooth(sets[ok])
-            have = weights > 0
-            sub = rows[ok]
-            with np.errstate(all="ignore"):
-                pred[sub] = np.where(have, sums / np.where(have, weights, 1.0), pred[sub])
-            fell_back[sub] = ~have
+            pred[sizes == k] = fallback_of_size[min(k, self.max_set_size + 1)] if k > 0 else size_mean[0]
+        sums, weights = self.estimate(batch.gene_index, batch.ptr)
+        have = weights > 0
+        with np.errstate(all="ignore"):
+            pred = np.where(have, sums / np.where(have, weights, 1.0), pred)
+        fell_back = ~have
         self._count_fallbacks(sizes, fell_back)
         out = torch.as_tensor(pred, dtype=torch.float32, device=self.size_mean.device)
         extras = {"fallback": torch.as_tensor(fell_back, device=self.size_mean.device)}
