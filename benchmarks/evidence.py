@@ -350,6 +350,26 @@ class RunConfig:
     additive_lr: float
     additive_steps: int
     device: str
+    model_args: dict[str, Any] = field(default_factory=dict)  # more CellFormer arguments (--model-arg)
+
+
+def parse_model_args(items: list[str]) -> dict[str, Any]:
+    """``["key=value", …]`` (values read as YAML) -> dict; a malformed item is an error."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--model-arg {item!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def more_args(cfg: dict) -> str:
+    """The ``--model-arg`` settings of a record, as a clause of the training sentence ('' when none)."""
+    extra = cfg.get("model_args") or {}
+    return "; " + ", ".join(f"{k} = {v}" for k, v in extra.items()) if extra else ""
 
 
 def model_spec(arm: str, graph_name: str | None, cfg: RunConfig) -> tuple[str, dict[str, Any]]:
@@ -368,7 +388,7 @@ def model_spec(arm: str, graph_name: str | None, cfg: RunConfig) -> tuple[str, d
     args = {"d_model": cfg.d_model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "dropout": cfg.dropout,
             "pool": "mean", "graph_reg": reg, "graph_inputs": inputs, "identity_dropout": cfg.identity_dropout,
             "structural_dim": cfg.structural_dim, "input_hops": cfg.input_hops}  # fmt: skip
-    return "cellformer", args
+    return "cellformer", {**args, **cfg.model_args}
 
 
 def evaluate(pred: np.ndarray, data: PerturbationData, rows: np.ndarray, names: list[str]) -> dict:
@@ -606,7 +626,8 @@ def markdown(report: dict) -> str:
         f"CellFormer d_model {cfg['d_model']}, {cfg['n_layers']} layers, {cfg['n_heads']} heads; graph term on "
         f"layer {cfg['reg_layer']} head {cfg['reg_head']}, λ = {cfg['reg_weight']}, {cfg['reg_rows'] or 'all valid'} "
         f"rows/step; graph inputs: {cfg['input_hops']} hops + {cfg['structural_dim']} eigenvectors; identity "
-        f"dropout {cfg['identity_dropout']}. Additive: lr {cfg['additive_lr']}, {cfg['additive_steps']} steps "
+        f"dropout {cfg['identity_dropout']}{more_args(cfg)}. Additive: lr {cfg['additive_lr']}, "
+        f"{cfg['additive_steps']} steps "
         "(tuned to convergence). Checkpoint selection: best mean validation Pearson, every "
         f"{cfg['eval_every']} steps. Seeds {report['seeds']}. Device {cfg['device']}, wall time "
         f"{report['wall_s'] / 60:.1f} min. Command: `{report['command']}`.",
@@ -748,6 +769,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--identity-dropout", type=float, default=0.3)
     p.add_argument("--structural-dim", type=int, default=16, help="eigenvectors of the structural encoding")
     p.add_argument("--input-hops", type=int, default=2, help="hops of neighbour-averaged identities")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="another CellFormer argument for every CellFormer arm, VALUE read as YAML "
+                        "(e.g. member_singles=false); repeatable")  # fmt: skip
     p.add_argument("--additive-lr", type=float, default=None, help="default: the additive model's tuned lr")
     p.add_argument("--additive-steps", type=int, default=None, help="default: its tuned step budget")
     p.add_argument("--device", default=None, help="cpu or cuda")
@@ -829,7 +853,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         reg_head=args.reg_head, reg_weight=args.reg_weight, reg_rows=args.rows or None,
         identity_dropout=args.identity_dropout, structural_dim=args.structural_dim, input_hops=args.input_hops,
         additive_lr=args.additive_lr or float(tuned["lr"]), additive_steps=args.additive_steps or int(tuned["steps"]),
-        device=args.device,
+        device=args.device, model_args=parse_model_args(args.model_arg),
     )  # fmt: skip
     phenos = list(problem.data.phenotype_names)
     keys = phenos + (["fitness_singles"] if "fitness" in phenos else [])

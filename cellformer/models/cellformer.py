@@ -18,9 +18,11 @@ Reading order (design note, sections 2-5):
    all genes, summarise ``z_S = Σ_i β_i φ(h_i, m_i)`` and read out ``ŷ = MLP([h_CLS ‖ z_S ‖ p_S ‖ e_S]) +
    Σ_{i∈S} a(φ(h_i, m_i))``: ``p_S`` the members' mean pairwise product, ``e_S`` set features from the
    graphs and the training records (:meth:`CellFormer.set_features`: adjacent member pairs, a leave-one-out
-   graph-smoothing estimate, optionally the members' own single mutants).
+   graph-smoothing estimate, the members' own single mutants, the cross-fitted additive estimate; genes whose
+   identity is dropped in a training step hide their own records too).
 5. :meth:`CellFormer.fit_records` -- what the model learns from the training records without gradients
-   (seen genes, neighbour and member single mutants, the smoothing table); called once at ``fit``.
+   (seen genes, neighbour and member single mutants, the smoothing table, the ridge additive fits); called
+   once at ``fit``.
 
 ``forward(batch)`` returns ``ModelOutput(pred (B, P), losses, extras)``; ``losses`` holds
 ``graph/<name> = λ·KL`` for every regularised graph in train *and* eval mode (eval values are a
@@ -321,6 +323,10 @@ class CellFormer(PhenotypeModel):
         member_singles: the readout also gets the members' own measured single-mutant phenotypes from the
             training records (standardised, summed over the members, with has-data flags, and their mean
             pairwise product); a training single never sees its own value.
+        additive_features: the readout also gets the additive model's estimate of the set, solved in closed form
+            on the training records (:class:`~cellformer.models.baselines.additive.CrossFittedAdditive`: per-gene
+            ridge effects, log-additive for fitness-like phenotypes) and cross-fitted over ``additive_folds``
+            folds, so a training record reads an estimate fitted without it.
         row_seed: seed of the model's own generator for graph rows and identity dropout (so they never
             shift the global RNG stream that orders batches).
     """
@@ -349,6 +355,8 @@ class CellFormer(PhenotypeModel):
         pair_graph_features: bool = True,
         smoothing_features: bool = True,
         member_singles: bool = False,
+        additive_features: bool = False,
+        additive_folds: int = 5,
         row_seed: int = 0,
     ):
         super().__init__()
@@ -385,6 +393,8 @@ class CellFormer(PhenotypeModel):
             "pair_graph_features": pair_graph_features,
             "smoothing_features": smoothing_features,
             "member_singles": member_singles,
+            "additive_features": additive_features,
+            "additive_folds": additive_folds,
             "row_seed": row_seed,
         }
         self.member_singles = member_singles
@@ -420,6 +430,7 @@ class CellFormer(PhenotypeModel):
         self._graph_slot = {name: k for k, name in enumerate(self.graph_reg)}
         self._graph_cache: dict[str, dict[str, torch.Tensor]] = {}
         self._frozen_encoding: EncoderOutput | None = None
+        self._dropped: torch.Tensor | None = None  # genes whose identity is dropped at this training step
         self.freeze_encoding_cache = False
 
         # encoder
@@ -436,6 +447,12 @@ class CellFormer(PhenotypeModel):
             self.smoother = GraphSmoothing(genome, graphs, self.phenotype_names, graph_names=graph_inputs)
         n_smooth = 2 * len(self.phenotype_names) if self.smoother is not None else 0
         n_smooth += 3 * len(self.phenotype_names) if member_singles else 0
+        self.additive_estimate = None
+        if additive_features:
+            from cellformer.models.baselines.additive import CrossFittedAdditive
+
+            self.additive_estimate = CrossFittedAdditive(self.num_genes, self.phenotype_names, additive_folds)
+            n_smooth += 2 * len(self.phenotype_names)
         self.register_buffer("single_value", torch.zeros(self.num_genes, len(self.phenotype_names)))
         self.register_buffer("single_has", torch.zeros(self.num_genes, len(self.phenotype_names)))
         self.unknown_gene = nn.Parameter(torch.zeros(d_model))
@@ -510,9 +527,11 @@ class CellFormer(PhenotypeModel):
         ``unknown_gene`` vector for added genes, unseen genes (``mask_unseen``) and, while training, a random
         ``identity_dropout`` share of genes."""
         use = self.known & self.seen if self.mask_unseen else self.known.clone()
+        self._dropped = None
         if self.training and self.identity_dropout > 0:
             keep = torch.rand(self.num_genes, generator=self.generator) >= self.identity_dropout
             use = use & keep.to(use.device)
+            self._dropped = ~keep.to(use.device)  # these genes also hide their own records from the readout
         return torch.where(use[:, None], self.gene_embed.weight, self.unknown_gene)
 
     def graph_context(self, identity: torch.Tensor) -> torch.Tensor:
@@ -547,6 +566,9 @@ class CellFormer(PhenotypeModel):
             self.smoother.fit_records(data, np.flatnonzero(in_train))
         self.single_value.copy_(torch.from_numpy(value.astype(np.float32)))
         self.single_has.copy_(torch.from_numpy(has.astype(np.float32)))
+        if self.additive_estimate is not None:
+            mean, std = (self.y_mean, self.y_std) if hasattr(self, "y_mean") else (0.0, 1.0)
+            self.additive_estimate.fit(data, np.flatnonzero(in_train), self.phenotype_names, mean, std)
 
     def _single_means(self, data: PerturbationData, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, P) mean standardised single-mutant phenotypes over the training singles, and (N, P) has-data."""
@@ -580,24 +602,38 @@ class CellFormer(PhenotypeModel):
         return np.concatenate(out, axis=1).astype(np.float32)
 
     def set_features(
-        self, gene_index: torch.Tensor, ptr: torch.Tensor, own: torch.Tensor | None = None
+        self, gene_index: torch.Tensor, types: torch.Tensor, ptr: torch.Tensor, own: torch.Tensor | None = None
     ) -> torch.Tensor | None:
         """Readout features of each set computed from the graphs and training records (None if none are on).
 
-        ``own`` (B, P): while training, the samples' own measured values, left out of the smoothing estimate.
+        ``own`` (B, P): while training, the samples' own measured values, left out of the smoothing estimate
+        (and the samples read the cross-fitted additive estimate that never saw them).
         """
+        # a gene whose identity is dropped this step (training) also hides its own records, as an unseen gene has none
+        hidden = None
+        if own is not None and self._dropped is not None:
+            hidden = self._dropped[gene_index.clamp_max(self.num_genes - 1)] & (gene_index < self.num_genes)
         parts = [self.set_graph_features(gene_index, ptr), self.smoothed(gene_index, ptr, own)]
-        parts.append(self.member_single_features(gene_index, ptr, leave_out_singles=own is not None))
+        parts.append(self.member_single_features(gene_index, ptr, leave_out_singles=own is not None, hidden=hidden))
+        if self.additive_estimate is not None:
+            mean, std = (self.y_mean, self.y_std) if hasattr(self, "y_mean") else (0.0, 1.0)
+            cross = own is not None
+            parts.append(self.additive_estimate(gene_index, types, ptr, mean, std, cross_fitted=cross, hidden=hidden))
         parts = [f for f in parts if f is not None]
         return torch.cat(parts, dim=1) if parts else None
 
     @torch.no_grad()
     def member_single_features(
-        self, gene_index: torch.Tensor, ptr: torch.Tensor, leave_out_singles: bool = False
+        self,
+        gene_index: torch.Tensor,
+        ptr: torch.Tensor,
+        leave_out_singles: bool = False,
+        hidden: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """(B, 3P): members' measured single-mutant phenotypes summed, their has-data flags summed, and the
         mean pairwise product (None unless ``member_singles``). ``leave_out_singles`` (training): a set of
-        one gene is that gene's own training single, so its value is left out."""
+        one gene is that gene's own training single, so its value is left out. ``hidden`` (nnz,) bool: members
+        treated as unmeasured."""
         if not self.member_singles:
             return None
         B = ptr.numel() - 1
@@ -605,6 +641,8 @@ class CellFormer(PhenotypeModel):
         known = gene_index < self.num_genes
         g = torch.where(known, gene_index, torch.zeros_like(gene_index)).long()
         has = self.single_has[g] * known[:, None].float()
+        if hidden is not None:
+            has = has * (~hidden)[:, None].float()
         if leave_out_singles:
             singleton = (ptr[1:] - ptr[:-1] == 1)[batch]
             has = has * (~singleton)[:, None].float()
@@ -683,7 +721,7 @@ class CellFormer(PhenotypeModel):
         """
         if variant is None:
             variant = torch.zeros(ptr.numel() - 1, dtype=torch.long, device=ptr.device)
-        extra = self.set_features(gene_index, ptr)
+        extra = self.set_features(gene_index, types, ptr)
         pred, beta = self.head(enc, gene_index, types, ptr, batch, variant, return_attention, extra)
         pred = self.unscale(pred)
         return (pred, beta) if return_attention else pred
@@ -700,7 +738,7 @@ class CellFormer(PhenotypeModel):
             raise ValueError(f"batch.variant refers to variant {int(batch.variant.max())} of {len(added)}")
         enc = self._encode_for_batch(added)
         own = batch.y if self.training else None  # training samples are training records: leave them out
-        extra = self.set_features(batch.gene_index, batch.ptr, own)
+        extra = self.set_features(batch.gene_index, batch.types, batch.ptr, own)
         pred, beta = self.head(
             enc, batch.gene_index, batch.types, batch.ptr, batch.batch, batch.variant, return_attention, extra
         )
