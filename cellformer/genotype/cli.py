@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -17,6 +18,17 @@ import numpy as np
 from cellformer.errors import UserError
 
 GENOTYPE_PREFIX = "cellformer.genotype"
+
+#: The trainer settings the shipped genotype configs share, as LightningCLI ``trainer_defaults``: a config
+#: sets only what differs (``max_epochs``, ``logger: {init_args: {name: …}}``); ``--print_config`` shows the
+#: merged block. Kept in the configs, as for :data:`cellformer.training.cli.TRAINER_DEFAULTS`:
+#: ``accelerator: cpu`` and ``callbacks: ../trainer/checkpoint_epoch.yaml``. No ``gradient_clip_val``
+#: default: the closed-form models (ridge, lasso) train by manual optimization, where Lightning refuses it.
+GENOTYPE_TRAINER_DEFAULTS: dict = {
+    "devices": 1,
+    "log_every_n_steps": 10,
+    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs/genotype"}},
+}
 
 
 # ---------------------------------------------------------------------- routing
@@ -84,6 +96,7 @@ def _train_main(argv: list[str]) -> int:
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=argv,
+        trainer_defaults=copy.deepcopy(GENOTYPE_TRAINER_DEFAULTS),
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )

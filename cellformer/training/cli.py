@@ -10,6 +10,7 @@ phenotype, a head or layer out of range) are raised as :class:`UserError` where 
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import io
 import re
@@ -24,6 +25,26 @@ from cellformer.training.module import PhenotypeModule
 
 #: Constructor arguments every model receives from the data context (not hyper-parameters).
 CONTEXT_ARGS = {"self", "genome", "graphs", "phenotype_names"}
+
+#: The trainer settings the shipped configs share, as LightningCLI ``trainer_defaults``: a config sets only
+#: what differs (``max_steps``, ``val_check_interval``, ``logger: {init_args: {name: …}}``…) and
+#: ``--print_config`` shows the merged block. They apply to a user's own config too; one that sets
+#: ``default_root_dir`` and no logger has its logs and checkpoints under ``runs/lightning_logs`` (the
+#: logger's folder) unless it also sets ``logger.init_args.save_dir``. Kept in the configs, not defaults:
+#:
+#: - ``accelerator: cpu``: as a default it would quietly run a config written for a GPU on the CPU;
+#: - ``check_val_every_n_epoch: null``: as a default, Lightning would refuse a config that validates at a
+#:   fraction of an epoch (``val_check_interval: 0.5``);
+#: - ``callbacks: trainer/checkpoint.yaml``: a default ModelCheckpoint makes Lightning refuse a config that
+#:   sets ``enable_checkpointing: false`` (and ``trainer_defaults["callbacks"]`` would be added to every run,
+#:   out of a config's reach).
+TRAINER_DEFAULTS: dict = {
+    "devices": 1,
+    "precision": "32-true",
+    "log_every_n_steps": 20,
+    "gradient_clip_val": 1.0,
+    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
+}
 
 
 def model_hparam_names(name: str) -> list[str] | None:
@@ -122,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         PhenotypeModule,
         PerturbationDataModule,
         args=sys.argv[1:] if argv is None else argv,
+        trainer_defaults=copy.deepcopy(TRAINER_DEFAULTS),
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )
