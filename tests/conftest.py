@@ -70,6 +70,18 @@ def random_graph(n: int, m: int, directed: bool, seed: int = 0, name: str = "ran
     return GeneGraph.from_edges(name, n, e[:, 0], e[:, 1], directed=directed)
 
 
+# ---------------------------------------------------------------------- perturbation sets
+def random_sets(
+    n_records: int, n_genes: int, seed: int | np.random.Generator = 0, max_size: int = 3
+) -> list[np.ndarray]:
+    """``n_records`` sets of 1..``max_size`` distinct genes out of ``n_genes``, uniformly drawn.
+
+    ``seed`` may be a Generator, which the draws then advance (for builders that go on drawing from it).
+    """
+    rng = np.random.default_rng(seed)
+    return [rng.choice(n_genes, size=int(rng.integers(1, max_size + 1)), replace=False) for _ in range(n_records)]
+
+
 # ---------------------------------------------------------------------- the query toy and its checkpoint
 QUERY_N = 30
 QUERY_PHENOTYPES = ["fitness", "epsilon"]
@@ -92,7 +104,7 @@ def query_graphs(genome: Genome) -> GraphSet:
 def query_data(genome: Genome) -> PerturbationData:
     """64 random deletion sets of 1-3 genes with two random phenotypes."""
     rng = np.random.default_rng(2)
-    sets = [rng.choice(QUERY_N, size=int(rng.integers(1, 4)), replace=False) for _ in range(64)]
+    sets = random_sets(64, QUERY_N, rng)
     sizes = [len(s) for s in sets]
     return PerturbationData(
         genes=list(genome.genes),

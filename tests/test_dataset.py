@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import random_sets
 
 from cellformer.data import (
     SPLITS,
@@ -28,6 +29,10 @@ RFP = "ATGGCCTCCTCCGAGTGA"
 
 
 def make_data(sets, types=None, heterologous=None, n_genes=10, seed=0) -> PerturbationData:
+    """Records from explicit gene ``sets`` (with per-gene ``types`` and heterologous genes appended after the
+    ``n_genes`` base genes); two random phenotypes, ``epsilon`` missing on every third record. Local, not in
+    conftest: these tests need exact sets, types and added genes, where conftest's ``query_data`` is one fixed
+    random screen."""
     rng = np.random.default_rng(seed)
     types = types or [[D] * len(s) for s in sets]
     offsets = np.concatenate([[0], np.cumsum([len(s) for s in sets])])
@@ -127,13 +132,8 @@ def test_random_split_seeded_and_proportional():
         random_split(10, val=0.6, test=0.5)
 
 
-def random_sets(n_records=400, n_genes=60, seed=0):
-    rng = np.random.default_rng(seed)
-    return [rng.choice(n_genes, size=rng.integers(1, 4), replace=False).tolist() for _ in range(n_records)]
-
-
 def test_gene_holdout_loose():
-    data = make_data(random_sets(), n_genes=60)
+    data = make_data(random_sets(400, 60), n_genes=60)
     split, held = gene_holdout_split(data, test_genes=0.1, val_genes=0.1, seed=1)
     assert len(held["test"]) == 6 and len(held["val"]) == 6
     assert not set(held["test"]) & set(held["val"])
@@ -150,7 +150,7 @@ def test_gene_holdout_loose():
 
 
 def test_gene_holdout_strict():
-    data = make_data(random_sets(), n_genes=60)
+    data = make_data(random_sets(400, 60), n_genes=60)
     split, held = gene_holdout_split(data, test_genes=0.3, val_genes=0.2, strict=True, seed=2)
     test_genes, val_genes = set(held["test"].tolist()), set(held["val"].tolist())
     train_genes = set()

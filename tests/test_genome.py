@@ -22,6 +22,8 @@ CDS = "ATGAAATTTGGGCCCTAA"  # M K F G P *
 
 
 def small_genome() -> Genome:
+    """Three yeast ORFs, two with standard names. Local, not conftest's ``toy_genome``: the alias tests need
+    real-looking systematic and standard names (``TFC3`` vs ``TFC4``), not generated ``G{i}`` ones."""
     return Genome(["YAL001C", "YAL002W", "YBR001C"], ["TFC3", "VPS8", ""], name="small")
 
 

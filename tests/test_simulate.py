@@ -8,6 +8,7 @@ import math
 import networkx as nx
 import numpy as np
 import pytest
+from conftest import toy_genome
 
 from cellformer.data import PerturbationData, PerturbationType
 from cellformer.data.simulate import PHENOTYPES, SimulationTruth, graph_modules, simulate
@@ -16,12 +17,16 @@ from cellformer.graphs import GeneGraph, GraphSet
 
 
 def toy(n_blocks: int = 12, block: int = 25, isolated: int = 40, seed: int = 0) -> tuple[Genome, GraphSet]:
-    """A planted-partition graph (dense blocks, sparse between) plus genes without edges."""
+    """A planted-partition graph (dense blocks, sparse between) plus genes without edges.
+
+    The graph stays local: the simulator's modules need noisy blocks with edges between them and isolated
+    genes, which none of conftest's graphs (disjoint cliques, a ring, G(n, m)) has.
+    """
     g = nx.planted_partition_graph(n_blocks, block, p_in=0.3, p_out=0.004, seed=seed)
     n = n_blocks * block + isolated
     e = np.array(g.edges())
     graph = GeneGraph.from_edges("truth", n, e[:, 0], e[:, 1], directed=False)
-    genome = Genome([f"G{i:04d}" for i in range(n)], name="toy")
+    genome = toy_genome(n, fmt="G{i:04d}", name="toy")
     return genome, GraphSet([graph], genome.hash)
 
 
