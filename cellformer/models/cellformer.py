@@ -354,8 +354,8 @@ class CellFormer(PhenotypeModel):
         label_inputs: bool = True,
         pair_graph_features: bool = True,
         smoothing_features: bool = True,
-        member_singles: bool = False,
-        additive_features: bool = False,
+        member_singles: bool = True,
+        additive_features: bool = True,
         additive_folds: int = 5,
         row_seed: int = 0,
     ):
