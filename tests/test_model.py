@@ -200,3 +200,18 @@ def test_encoding_cache_reuses_one_encoding_and_matches_fresh_encoding():
     assert len(calls) == 2  # once for the cached epoch, once after the cache was switched off
     for a, b in zip(fresh, cached, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_gated_readout_multiplies_two_projections():
+    """The gated readout is ``out(GELU(fc x) ⊙ gate x)``: it can form products (x1·x2), a plain one cannot
+    without a wide hidden layer; the plain form is ``out(GELU(fc x))``."""
+    from cellformer.models.cellformer import MLP
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 3)
+    gated, plain = MLP(3, 4, 2, 0.0, gated=True), MLP(3, 4, 2, 0.0)
+    ref = gated.out(torch.nn.functional.gelu(gated.fc(x)) * gated.gate(x))
+    assert torch.allclose(gated(x), ref) and plain.gate is None
+    assert torch.allclose(plain(x), plain.out(torch.nn.functional.gelu(plain.fc(x))))
+    m = make_model("mean")
+    assert m.head.readout.gate is not None and m.head.readout.fc.out_features == 4 * m.d_model

@@ -122,14 +122,21 @@ class SelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, d_in: int, d_hidden: int, d_out: int, dropout: float):
+    """``out(GELU(fc(x)))``, or with ``gated`` ``out(GELU(fc(x)) ⊙ gate(x))`` (a GEGLU layer, which can form
+    products of its inputs, e.g. an expected fitness times an interaction signal)."""
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, dropout: float, gated: bool = False):
         super().__init__()
         self.fc = nn.Linear(d_in, d_hidden)
+        self.gate = nn.Linear(d_in, d_hidden) if gated else None
         self.out = nn.Linear(d_hidden, d_out)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.out(F.gelu(self.fc(x))))
+        h = F.gelu(self.fc(x))
+        if self.gate is not None:
+            h = h * self.gate(x)
+        return self.drop(self.out(h))
 
 
 class Block(nn.Module):
@@ -184,6 +191,8 @@ class PerturbationHead(nn.Module):
         pair_features: bool = True,
         additive_path: bool = True,
         n_extra: int = 0,
+        readout_hidden: int | None = None,
+        gated_readout: bool = False,
     ):
         super().__init__()
         if pool not in POOLS:
@@ -208,7 +217,8 @@ class PerturbationHead(nn.Module):
         self.phi_out = nn.Linear(d_model, d_model)
         # readout input: [h_CLS ‖ z_S] (+ the pairwise-interaction summary of the members when pair_features)
         # (+ ``n_extra`` set features computed outside the head, e.g. graph relations of the member pairs)
-        self.readout = MLP((3 if pair_features else 2) * d_model + n_extra, d_model, n_phenotypes, 0.0)
+        d_in = (3 if pair_features else 2) * d_model + n_extra
+        self.readout = MLP(d_in, readout_hidden or 4 * d_model, n_phenotypes, 0.0, gated=gated_readout)
         if additive_path:  # Σ_{i∈S} a(φ(h_i, m_i)): a per-gene effect read from each member's embedding
             self.additive = nn.Linear(d_model, n_phenotypes)
         self.drop = nn.Dropout(dropout)
@@ -327,6 +337,9 @@ class CellFormer(PhenotypeModel):
             on the training records (:class:`~cellformer.models.baselines.additive.CrossFittedAdditive`: per-gene
             ridge effects, log-additive for fitness-like phenotypes) and cross-fitted over ``additive_folds``
             folds, so a training record reads an estimate fitted without it.
+        readout_hidden: hidden width of the readout MLP (default ``4 · d_model``).
+        gated_readout: a gated (GEGLU) readout hidden layer instead of a plain GELU one (default): it forms
+            products of its inputs, as an interaction's size times the members' expected fitness.
         row_seed: seed of the model's own generator for graph rows and identity dropout (so they never
             shift the global RNG stream that orders batches).
     """
@@ -357,6 +370,8 @@ class CellFormer(PhenotypeModel):
         member_singles: bool = True,
         additive_features: bool = True,
         additive_folds: int = 5,
+        readout_hidden: int | None = None,
+        gated_readout: bool = True,
         row_seed: int = 0,
     ):
         super().__init__()
@@ -395,6 +410,8 @@ class CellFormer(PhenotypeModel):
             "member_singles": member_singles,
             "additive_features": additive_features,
             "additive_folds": additive_folds,
+            "readout_hidden": readout_hidden,
+            "gated_readout": gated_readout,
             "row_seed": row_seed,
         }
         self.member_singles = member_singles
@@ -472,6 +489,8 @@ class CellFormer(PhenotypeModel):
             pair_features,
             additive_path,
             n_extra=(len(graph_inputs) if pair_graph_features else 0) + n_smooth,
+            readout_hidden=readout_hidden,
+            gated_readout=gated_readout,
         )
         self.apply(self._init_weights)
         # Gene identities start at unit scale (nn.Embedding's default), not 0.02: with all-zero sequence
