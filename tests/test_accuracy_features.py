@@ -389,7 +389,34 @@ def test_a_gene_with_a_dropped_identity_hides_its_own_records_in_training():
     assert torch.equal(feats[:, :3], singles)
     count = torch.zeros(2).index_add(0, torch.tensor([0, 0, 1, 1, 1]), (~dropped).float())
     assert feats[:, 1].tolist() == count.tolist()  # every member has a single; the dropped ones are hidden
-    assert feats[:, 4].tolist() == pytest.approx((count / torch.tensor([2.0, 3.0])).tolist())  # measured share
+    assert feats[:, -1].tolist() == pytest.approx((count / torch.tensor([2.0, 3.0])).tolist())  # additive share
     m.eval()
     m.identities()
     assert m._dropped is None and m.set_features(gi, types, ptr)[:, 1].tolist() == [2.0, 3.0]
+
+
+def test_member_pairs_read_the_training_doubles_among_a_triples_members():
+    """A triple reads its member pairs' training doubles (mean and share measured); a double never reads its
+    own record; a gene dropped in a training step hides its pairs."""
+    m = model(member_pairs=True)
+    sets = [[0, 1], [1, 2], [5, 6]]
+    data = PerturbationData(genes=[f"G{i}" for i in range(N)], offsets=np.array([0, 2, 4, 6]),
+                            gene_index=np.concatenate(sets).astype(np.int32), types=np.ones(6, np.int8),
+                            phenotypes=np.array([[1.0], [3.0], [7.0]], np.float32),
+                            phenotype_names=["fitness"])  # fmt: skip
+    m.set_target_scaling(np.array([0.0]), np.array([1.0]))
+    m.fit_records(data, np.arange(3))
+    gi, ptr = torch.tensor([2, 1, 0, 0, 1, 3, 4, 9]), torch.tensor([0, 3, 5, 8])  # {2,1,0}, {0,1}, {3,4,9}
+    out = m.member_pair_features(gi, ptr)
+    assert out[0].tolist() == pytest.approx([2.0, 2 / 3])  # mean of {0,1}=1 and {1,2}=3; 2 of 3 pairs
+    assert out[1].tolist() == [0.0, 0.0] and out[2].tolist() == [0.0, 0.0]
+    dropped = torch.zeros(N, dtype=torch.bool)
+    dropped[0] = True
+    assert m.member_pair_features(gi, ptr, dropped)[0].tolist() == pytest.approx([3.0, 1 / 3])
+    fresh = model(member_pairs=True)  # the table survives a checkpoint (buffers sized from the state dict)
+    fresh.load_state_dict(m.state_dict())
+    assert torch.equal(fresh.member_pair_features(gi, ptr), out)
+    no_graph = model(member_pairs=True, graph_inputs=[])  # needs no graph
+    no_graph.set_target_scaling(np.array([0.0]), np.array([1.0]))
+    no_graph.fit_records(data, np.arange(3))
+    assert torch.equal(no_graph.member_pair_features(gi, ptr), out)

@@ -95,9 +95,9 @@ def test_head_equals_naive_dense_type_reference(pool):
             pairs_ij = list(itertools.combinations(genes, 2))  # share of member pairs adjacent in each graph
             adjacent = [np.mean([model.graphs[g].adj[a, b] > 0 for a, b in pairs_ij]) if pairs_ij else 0.0
                         for g in model.graph_inputs]  # fmt: skip
-            # no training records: no smoothing estimate and no member singles (zeros); the additive estimate is
+            # no training records: no smoothing estimate, member singles or pairs (zeros); the additive estimate is
             # the unfitted one (its own tests check the fit)
-            extra = torch.tensor(adjacent + [0.0] * (2 * P) + [0.0] * (3 * P), dtype=torch.float32)
+            extra = torch.tensor(adjacent + [0.0] * (2 * P) + [0.0] * (3 * P) + [0.0] * (2 * P), dtype=torch.float32)
             additive = model.additive_estimate(members, torch.as_tensor(types), torch.tensor([0, len(genes)]),
                                                torch.zeros(P), torch.ones(P), cross_fitted=False)[0]  # fmt: skip
             extra = torch.cat([extra, additive])

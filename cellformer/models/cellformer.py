@@ -18,11 +18,12 @@ Reading order (design note, sections 2-5):
    all genes, summarise ``z_S = Σ_i β_i φ(h_i, m_i)`` and read out ``ŷ = MLP([h_CLS ‖ z_S ‖ p_S ‖ e_S]) +
    Σ_{i∈S} a(φ(h_i, m_i))``: ``p_S`` the members' mean pairwise product, ``e_S`` set features from the
    graphs and the training records (:meth:`CellFormer.set_features`: adjacent member pairs, a leave-one-out
-   graph-smoothing estimate, the members' own single mutants, the cross-fitted additive estimate; genes whose
-   identity is dropped in a training step hide their own records too).
+   graph-smoothing estimate, the members' own single mutants, a larger set's member pairs measured as
+   training doubles, the cross-fitted additive estimate; genes whose identity is dropped in a training step
+   hide their own records too). The readout is a gated (GEGLU) MLP.
 5. :meth:`CellFormer.fit_records` -- what the model learns from the training records without gradients
-   (seen genes, neighbour and member single mutants, the smoothing table, the ridge additive fits); called
-   once at ``fit``.
+   (seen genes, neighbour and member single mutants, training doubles, the smoothing table, the ridge
+   additive fits); called once at ``fit``.
 
 ``forward(batch)`` returns ``ModelOutput(pred (B, P), losses, extras)``; ``losses`` holds
 ``graph/<name> = λ·KL`` for every regularised graph in train *and* eval mode (eval values are a
@@ -340,6 +341,10 @@ class CellFormer(PhenotypeModel):
         readout_hidden: hidden width of the readout MLP (default ``4 · d_model``).
         gated_readout: a gated (GEGLU) readout hidden layer instead of a plain GELU one (default): it forms
             products of its inputs, as an interaction's size times the members' expected fitness.
+        member_pairs: the readout of a set of three or more genes also gets its member pairs' measured
+            double mutants among the training records (standardised mean over the pairs that have one, and the
+            share that have one): a trigenic τ is defined against them. A double never reads its own record
+            (only sets of ≥ 3 get it).
         row_seed: seed of the model's own generator for graph rows and identity dropout (so they never
             shift the global RNG stream that orders batches).
     """
@@ -372,6 +377,7 @@ class CellFormer(PhenotypeModel):
         additive_folds: int = 5,
         readout_hidden: int | None = None,
         gated_readout: bool = True,
+        member_pairs: bool = True,
         row_seed: int = 0,
     ):
         super().__init__()
@@ -412,6 +418,7 @@ class CellFormer(PhenotypeModel):
             "additive_folds": additive_folds,
             "readout_hidden": readout_hidden,
             "gated_readout": gated_readout,
+            "member_pairs": member_pairs,
             "row_seed": row_seed,
         }
         self.member_singles = member_singles
@@ -464,6 +471,11 @@ class CellFormer(PhenotypeModel):
             self.smoother = GraphSmoothing(genome, graphs, self.phenotype_names, graph_names=graph_inputs)
         n_smooth = 2 * len(self.phenotype_names) if self.smoother is not None else 0
         n_smooth += 3 * len(self.phenotype_names) if member_singles else 0
+        self.member_pairs = member_pairs
+        n_smooth += 2 * len(self.phenotype_names) if member_pairs else 0
+        # the training doubles (sorted keys lo·N + hi, standardised values; sizes set by fit_records / the state dict)
+        self.register_buffer("pair_keys", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("pair_values", torch.zeros(0, len(self.phenotype_names)))
         self.additive_estimate = None
         if additive_features:
             from cellformer.models.baselines.additive import CrossFittedAdditive
@@ -585,9 +597,31 @@ class CellFormer(PhenotypeModel):
             self.smoother.fit_records(data, np.flatnonzero(in_train))
         self.single_value.copy_(torch.from_numpy(value.astype(np.float32)))
         self.single_has.copy_(torch.from_numpy(has.astype(np.float32)))
+        if self.member_pairs:
+            self._fit_training_doubles(data, np.flatnonzero(in_train))
         if self.additive_estimate is not None:
             mean, std = (self.y_mean, self.y_std) if hasattr(self, "y_mean") else (0.0, 1.0)
             self.additive_estimate.fit(data, np.flatnonzero(in_train), self.phenotype_names, mean, std)
+
+    def _fit_training_doubles(self, data: PerturbationData, rows: np.ndarray) -> None:
+        """Store the training doubles of base-genome genes as sorted keys ``lo·N + hi`` and standardised values."""
+        pairs = rows[data.set_sizes[rows] == 2]
+        genes = data.gene_index[data.offsets[pairs][:, None] + np.arange(2)].astype(np.int64).reshape(-1, 2)
+        ok = (genes < self.num_genes).all(1)
+        keys = genes[ok].min(1) * self.num_genes + genes[ok].max(1)
+        order = np.argsort(keys, kind="stable")
+        cols = [data.phenotype_names.index(n) for n in self.phenotype_names]
+        values = self.standardise(torch.from_numpy(data.phenotypes[pairs[ok]][:, cols].astype(np.float32)))
+        device = self.pair_keys.device
+        self.pair_keys = torch.from_numpy(keys[order]).to(device)
+        self.pair_values = values[torch.from_numpy(order)].to(device)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """The training-double buffers take the sizes stored in the checkpoint."""
+        for name in ("pair_keys", "pair_values"):
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _single_means(self, data: PerturbationData, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, P) mean standardised single-mutant phenotypes over the training singles, and (N, P) has-data."""
@@ -634,6 +668,7 @@ class CellFormer(PhenotypeModel):
             hidden = self._dropped[gene_index.clamp_max(self.num_genes - 1)] & (gene_index < self.num_genes)
         parts = [self.set_graph_features(gene_index, ptr), self.smoothed(gene_index, ptr, own)]
         parts.append(self.member_single_features(gene_index, ptr, leave_out_singles=own is not None, hidden=hidden))
+        parts.append(self.member_pair_features(gene_index, ptr, self._dropped if own is not None else None))
         if self.additive_estimate is not None:
             mean, std = (self.y_mean, self.y_std) if hasattr(self, "y_mean") else (0.0, 1.0)
             cross = own is not None
@@ -669,6 +704,33 @@ class CellFormer(PhenotypeModel):
         total = torch.zeros(B, v.shape[1], device=v.device).index_add(0, batch, v)
         count = torch.zeros(B, v.shape[1], device=v.device).index_add(0, batch, has)
         return torch.cat([total, count, PerturbationHead.pairwise(v, batch, B)], dim=1)
+
+    @torch.no_grad()
+    def member_pair_features(
+        self, gene_index: torch.Tensor, ptr: torch.Tensor, dropped: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """(B, 2P): for sets of ≥ 3 genes, the mean standardised phenotypes of the member pairs measured as
+        training doubles and the share of member pairs measured (zeros otherwise; None unless
+        ``member_pairs``). ``dropped`` (N,) bool: genes whose records are hidden in this training step."""
+        if not self.member_pairs:
+            return None
+        B, P = ptr.numel() - 1, len(self.phenotype_names)
+        a, b, sample = member_pairs(gene_index, ptr)
+        keys, values = self.pair_keys, self.pair_values
+        measured, values = (~torch.isnan(values)).float(), torch.nan_to_num(values)
+        large = ((ptr[1:] - ptr[:-1]) >= 3)[sample]
+        use = large & (a < self.num_genes) & (b < self.num_genes)
+        if dropped is not None:
+            use = use & ~dropped[a.clamp_max(self.num_genes - 1)] & ~dropped[b.clamp_max(self.num_genes - 1)]
+        q = torch.minimum(a, b) * self.num_genes + torch.maximum(a, b)
+        pos = torch.searchsorted(keys, q).clamp_max(max(keys.numel() - 1, 0))
+        hit = (keys[pos] == q) & use if keys.numel() else torch.zeros_like(use)
+        has = measured[pos] * hit[:, None] if keys.numel() else torch.zeros(len(q), P, device=ptr.device)
+        v = values[pos] * has if keys.numel() else has
+        total = torch.zeros(B, P, device=ptr.device).index_add(0, sample, v)
+        count = torch.zeros(B, P, device=ptr.device).index_add(0, sample, has)
+        n_pairs = torch.bincount(sample[large], minlength=B).clamp_min(1).float()[:, None]
+        return torch.cat([total / count.clamp_min(1), count / n_pairs], dim=1)
 
     @torch.no_grad()
     def smoothed(
