@@ -16,6 +16,9 @@ Everything is a parameter trained by the same loss as the other models; the kind
 overridden by name with ``kinds={"my_pheno": "multiplicative"}``. Multiplicative phenotypes are
 computed in original units (a product of fitnesses is not a product of standardised scores); the
 other kinds are computed in standardised units and unscaled.
+
+:class:`CrossFittedAdditive` is the same idea solved in closed form (ridge, cross-fitted over folds of the
+training records) for another model to read as an input: CellFormer's ``additive_features``.
 """
 
 from __future__ import annotations
