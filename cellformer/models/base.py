@@ -77,6 +77,13 @@ class PhenotypeModel(nn.Module):
         self.y_mean.copy_(mean)
         self.y_std.copy_(std)
 
+    def target_scaling(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, std)`` (P,) of the target scaling; 0 and 1 while none is registered."""
+        if not hasattr(self, "y_mean"):
+            n = len(self.phenotype_names)
+            return torch.zeros(n), torch.ones(n)
+        return self.y_mean, self.y_std
+
     def unscale(self, raw: torch.Tensor) -> torch.Tensor:
         """Standardised model output (B, P) -> original units."""
         if not hasattr(self, "y_mean"):

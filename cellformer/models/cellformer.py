@@ -600,8 +600,7 @@ class CellFormer(PhenotypeModel):
         if self.member_pairs:
             self._fit_training_doubles(data, np.flatnonzero(in_train))
         if self.additive_estimate is not None:
-            mean, std = (self.y_mean, self.y_std) if hasattr(self, "y_mean") else (0.0, 1.0)
-            self.additive_estimate.fit(data, np.flatnonzero(in_train), self.phenotype_names, mean, std)
+            self.additive_estimate.fit(data, np.flatnonzero(in_train), self.phenotype_names, *self.target_scaling())
 
     def _fit_training_doubles(self, data: PerturbationData, rows: np.ndarray) -> None:
         """Store the training doubles of base-genome genes as sorted keys ``lo·N + hi`` and standardised values."""
@@ -670,7 +669,7 @@ class CellFormer(PhenotypeModel):
         parts.append(self.member_single_features(gene_index, ptr, leave_out_singles=own is not None, hidden=hidden))
         parts.append(self.member_pair_features(gene_index, ptr, self._dropped if own is not None else None))
         if self.additive_estimate is not None:
-            mean, std = (self.y_mean, self.y_std) if hasattr(self, "y_mean") else (0.0, 1.0)
+            mean, std = self.target_scaling()
             cross = own is not None
             parts.append(self.additive_estimate(gene_index, types, ptr, mean, std, cross_fitted=cross, hidden=hidden))
         parts = [f for f in parts if f is not None]
@@ -715,18 +714,17 @@ class CellFormer(PhenotypeModel):
         if not self.member_pairs:
             return None
         B, P = ptr.numel() - 1, len(self.phenotype_names)
+        if self.pair_keys.numel() == 0:  # no training doubles
+            return torch.zeros(B, 2 * P, device=ptr.device)
         a, b, sample = member_pairs(gene_index, ptr)
-        keys, values = self.pair_keys, self.pair_values
-        measured, values = (~torch.isnan(values)).float(), torch.nan_to_num(values)
         large = ((ptr[1:] - ptr[:-1]) >= 3)[sample]
         use = large & (a < self.num_genes) & (b < self.num_genes)
         if dropped is not None:
             use = use & ~dropped[a.clamp_max(self.num_genes - 1)] & ~dropped[b.clamp_max(self.num_genes - 1)]
-        q = torch.minimum(a, b) * self.num_genes + torch.maximum(a, b)
-        pos = torch.searchsorted(keys, q).clamp_max(max(keys.numel() - 1, 0))
-        hit = (keys[pos] == q) & use if keys.numel() else torch.zeros_like(use)
-        has = measured[pos] * hit[:, None] if keys.numel() else torch.zeros(len(q), P, device=ptr.device)
-        v = values[pos] * has if keys.numel() else has
+        pos, hit = sorted_lookup(self.pair_keys, torch.minimum(a, b) * self.num_genes + torch.maximum(a, b))
+        values = self.pair_values[pos]
+        has = (~torch.isnan(values)).float() * (hit & use)[:, None]
+        v = torch.nan_to_num(values) * has
         total = torch.zeros(B, P, device=ptr.device).index_add(0, sample, v)
         count = torch.zeros(B, P, device=ptr.device).index_add(0, sample, has)
         n_pairs = torch.bincount(sample[large], minlength=B).clamp_min(1).float()[:, None]
@@ -757,10 +755,7 @@ class CellFormer(PhenotypeModel):
         n_pairs = torch.bincount(sample, minlength=B).clamp_min(1).to(torch.float32)
         out = []
         for k in range(len(self.graph_inputs)):
-            keys = getattr(self, f"edgekeys{k}")
-            q = a * self.num_genes + b
-            pos = torch.searchsorted(keys, q).clamp_max(max(keys.numel() - 1, 0))
-            hit = (keys[pos] == q) if keys.numel() else torch.zeros_like(q, dtype=torch.bool)
+            _, hit = sorted_lookup(getattr(self, f"edgekeys{k}"), a * self.num_genes + b)
             hit = hit & (a < self.num_genes) & (b < self.num_genes)
             out.append(torch.zeros(B, device=ptr.device).index_add(0, sample, hit.float()) / n_pairs)
         return torch.stack(out, dim=1)
@@ -978,6 +973,14 @@ def oversmoothing(H: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Te
         m = mask.to(u.dtype)[..., None]
         mean = (u * m).sum(-2) / m.sum(-2).clamp_min(1.0)
     return (1.0 - (mean * mean).sum(-1)).clamp(0.0, 1.0)
+
+
+def sorted_lookup(keys: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position of each query in the sorted ``keys`` and whether it is there (all False for empty keys)."""
+    if keys.numel() == 0:
+        return torch.zeros_like(queries), torch.zeros_like(queries, dtype=torch.bool)
+    pos = torch.searchsorted(keys, queries).clamp_max(keys.numel() - 1)
+    return pos, keys[pos] == queries
 
 
 def member_pairs(gene_index: torch.Tensor, ptr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -190,19 +190,18 @@ class CrossFittedAdditive(nn.Module):
     def fit(self, data: PerturbationData, rows: np.ndarray, phenotype_names: list[str], mean, std) -> None:
         """Fit every fold and the full model on training ``rows`` of ``data``; ``mean``/``std`` (P,) are the
         model's target scaling (standardised = (y − mean) / std)."""
-        rows = np.sort(np.asarray(rows, dtype=np.int64))
-        ent = np.concatenate([np.arange(data.offsets[r], data.offsets[r + 1]) for r in rows] + [np.zeros(0, int)])
-        genes = torch.from_numpy(data.gene_index[ent].astype(np.int64))
-        batch = torch.from_numpy(np.repeat(np.arange(len(rows)), data.set_sizes[rows]))
-        key, known = self.keys(genes, torch.from_numpy(data.types[ent].astype(np.int64)))
-        fold = set_folds(genes, batch, len(rows), self.folds).numpy()
+        records = data.subset(np.sort(np.asarray(rows, dtype=np.int64)))
+        genes = torch.from_numpy(records.gene_index.astype(np.int64))
+        batch = torch.from_numpy(np.repeat(np.arange(len(records)), records.set_sizes))
+        key, known = self.keys(genes, torch.from_numpy(records.types.astype(np.int64)))
+        fold = set_folds(genes, batch, len(records), self.folds).numpy()
         k = known.numpy()
         X = sp.csr_matrix(
-            (np.ones(int(k.sum())), (batch.numpy()[k], key.numpy()[k])), shape=(len(rows), self.effect.shape[1])
+            (np.ones(int(k.sum())), (batch.numpy()[k], key.numpy()[k])), shape=(len(records), self.effect.shape[1])
         )
         cols = [data.phenotype_names.index(n) for n in phenotype_names]
         mean, std = (np.asarray(torch.as_tensor(v).cpu(), dtype=np.float64) for v in (mean, std))
-        raw = data.phenotypes[rows][:, cols].astype(np.float64)
+        raw = records.phenotypes[:, cols].astype(np.float64)
         for p in range(len(cols)):
             mult = bool(self.multiplicative[p])
             target = np.log(np.maximum(raw[:, p], self.floor)) if mult else (raw[:, p] - mean[p]) / std[p]
