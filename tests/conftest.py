@@ -166,7 +166,7 @@ def dense_attention(model, layer: int, head: int) -> torch.Tensor:
     Reference for tests (small N, eval mode): an explicit forward pass that builds the full (N+1)×(N+1)
     attention maps with plain softmax, independent of SDPA and of the sampled path.
     """
-    x, _ = model.embed([])  # (1, 1+N, d)
+    x = model.embed([])[0]  # (1, 1+N, d)
     for ell, block in enumerate(model.blocks):
         h = block.norm1(x)
         q, k, v = block.attn.qkv(h).split(model.d_model, dim=-1)

@@ -37,6 +37,16 @@ def model(**kw) -> torch.nn.Module:
     return build_model("cellformer", genome, graphs, ["fitness"], **hp)
 
 
+def set_features(m, sets, training: bool = False, hidden: torch.Tensor | None = None, types=None) -> dict:
+    """The record features of ``sets`` (lists of gene indices) by feature name, from ``m.records``."""
+    batch = collate_perturbations(
+        [(i, np.asarray(g), np.ones(len(g), np.int8) if types is None else types[i], np.zeros(1, np.float32))
+         for i, g in enumerate(sets)], N + 2)  # fmt: skip
+    mean, std = m.target_scaling()
+    out = m.records(batch.gene_index, batch.types, batch.ptr, batch.batch, mean, std, training, hidden)
+    return {name: out[:, sl] for name, sl in m.records.slices().items()} | {"all": out}
+
+
 # ---------------------------------------------------------------------- data module
 @pytest.mark.parametrize("split", ["stored", "random"])
 def test_max_records_keeps_an_80_10_10_split(tmp_path: Path, split: str):
@@ -125,19 +135,20 @@ def test_unseen_genes_use_the_unknown_identity_and_their_graph_context():
                             gene_index=np.array([0, 1, 2], np.int32), types=np.ones(3, np.int8),
                             phenotypes=np.zeros((2, 1), np.float32), phenotype_names=["fitness"])  # fmt: skip
     m.fit_records(data, np.array([0, 1]))
-    assert m.seen[:3].all() and not m.seen[3:].any()
-    ident = m.identities()
-    assert torch.equal(ident[0], m.gene_embed.weight[0])
-    assert torch.equal(ident[5], m.unknown_gene)  # never trained: never used
+    assert m.tokens.seen[:3].all() and not m.tokens.seen[3:].any()
+    ident, dropped = m.tokens.identities(0.0, True, None)
+    assert dropped is None
+    assert torch.equal(ident[0], m.tokens.gene_embed.weight[0])
+    assert torch.equal(ident[5], m.tokens.unknown_gene)  # never trained: never used
     # gene 5's token depends on its neighbours' identities (genes 0..7 form a clique) …
     before = m.embed([])[0][0, 1 + 5].clone()
     with torch.no_grad():
-        m.gene_embed.weight[1] += 1.0
+        m.tokens.gene_embed.weight[1] += 1.0
     assert (m.embed([])[0][0, 1 + 5] - before).abs().max() > 1e-4
     # … and not on its own (unused) identity vector
     before = m.embed([])[0][0, 1 + 5].clone()
     with torch.no_grad():
-        m.gene_embed.weight[5] += 1.0
+        m.tokens.gene_embed.weight[5] += 1.0
     assert torch.equal(m.embed([])[0][0, 1 + 5], before)
 
 
@@ -147,26 +158,27 @@ def test_identity_dropout_only_in_training_and_off_the_global_rng():
     expected = torch.rand(2)
     torch.manual_seed(0)
     m.train()
-    dropped = (m.identities() == m.unknown_gene).all(-1).float().mean()
+    dropped = m.embed([])[2]
     assert torch.equal(torch.rand(2), expected)
-    assert 0.2 < float(dropped) < 0.8
+    assert 0.2 < float(dropped.float().mean()) < 0.8
+    assert m.encode().hidden is not None  # the pass reports which genes it hid (their records hide too)
     m.eval()
-    assert not (m.identities() == m.unknown_gene).all(-1).any()
+    assert m.embed([])[2] is None and m.encode().hidden is None
 
 
 def test_structural_encoding_is_deterministic_and_saved():
     a, b = model(), model()
-    assert a.structure.shape == (N, 16) and torch.equal(a.structure, b.structure)
-    assert "structure" in a.state_dict()
+    assert a.tokens.structure.shape == (N, 16) and torch.equal(a.tokens.structure, b.tokens.structure)
+    assert "tokens.structure" in a.state_dict()
     # genes of one clique share their leading eigenvector coordinates
-    s = a.structure.numpy()
+    s = a.tokens.structure.numpy()
     within = np.abs(s[0] - s[1]).sum()
     across = np.abs(s[0] - s[8]).sum()
     assert within < across
 
 
 def test_graph_inputs_none_and_unknown():
-    assert len(model(graph_inputs=[], structural_dim=0).hop_proj) == 0
+    assert len(model(graph_inputs=[], structural_dim=0).tokens.hop_proj) == 0
     with pytest.raises(UserError, match="unknown graph in graph_inputs 'clique'.*did you mean cliques"):
         model(graph_inputs=["clique"])
 
@@ -215,7 +227,7 @@ def test_label_inputs_are_neighbour_means_of_training_singles_never_the_gene_its
                             phenotype_names=["fitness"])  # fmt: skip
     m.set_target_scaling(np.array([2.0]), np.array([2.0]))  # standardised: (y − 2) / 2
     m.fit_records(data, np.arange(4))
-    f = m.label_features.numpy()  # one graph: [mean of neighbours' singles, share of neighbours measured]
+    f = m.records.label_features.numpy()  # one graph: [mean of neighbours' singles, share of neighbours measured]
     assert f[0, 0] == pytest.approx((3.0 - 2) / 2) and f[0, 1] == pytest.approx(1 / 7)  # only gene 1, not itself
     assert f[2, 0] == pytest.approx(((1 - 2) / 2 + (3 - 2) / 2) / 2) and f[2, 1] == pytest.approx(2 / 7)
     assert f[9, 0] == 0 and f[9, 1] == 0  # no measured neighbour in 8..15 but itself
@@ -224,15 +236,15 @@ def test_label_inputs_are_neighbour_means_of_training_singles_never_the_gene_its
 
 def test_set_graph_features_count_adjacent_member_pairs():
     m = model()
-    sets = [[0, 1], [0, 9], [0, 1, 9], [3], [0, N]]  # N: an added gene, never adjacent
-    gene_index = torch.tensor([g for s in sets for g in s])
-    ptr = torch.tensor(np.cumsum([0] + [len(s) for s in sets]))
-    feats = m.set_graph_features(gene_index, ptr)[:, 0].tolist()
-    assert feats == pytest.approx([1.0, 0.0, 1 / 3, 0.0, 0.0])
+    sets = [[0, 1], [0, 9], [0, 1, 9], [3], [0, N], [0, 1, 2, 9]]  # N: an added gene, never adjacent
+    feats = set_features(m, sets)["pair_graph"][:, 0].tolist()
+    assert feats == pytest.approx([1.0, 0.0, 1 / 3, 0.0, 0.0, 3 / 6])
 
 
-def test_smoothing_features_leave_the_training_record_out():
-    """In training a record's smoothing estimate equals graph smoothing fitted without that record."""
+def test_smoothing_features_are_the_substitution_estimate_and_never_read_the_record_itself():
+    """The estimate of a set is the mean of the training records that replace one member by one of its graph
+    neighbours (brute force below), the same in training and evaluation: a record never enters its own estimate;
+    the graph-smoothing baseline computes the same estimate."""
     from cellformer.models.baselines.graph_smoothing import GraphSmoothing
 
     rng = np.random.default_rng(0)
@@ -246,22 +258,24 @@ def test_smoothing_features_leave_the_training_record_out():
                             phenotypes=y, phenotype_names=["fitness"])  # fmt: skip
     m = model()
     m.set_target_scaling(np.array([0.0]), np.array([1.0]))
-    rows = np.arange(len(sets))
-    m.fit_records(data, rows)
-    probe = [len(sets) - 3, len(sets) - 2, len(sets) - 1]  # {0,1}, {2,3}, {1,2,3}: neighbours in a clique
-    gi = torch.as_tensor(np.concatenate([sets[r] for r in probe]))
-    ptr = torch.as_tensor(np.cumsum([0] + [len(sets[r]) for r in probe]))
-    loo = m.smoothed(gi, ptr, own=torch.as_tensor(y[probe]))
-    full = m.smoothed(gi, ptr)
-    genome = toy_genome(N)
-    for j, r in enumerate(probe):
-        ref = GraphSmoothing(genome, GraphSet([cliques()], genome.hash), ["fitness"])
-        ref.fit_records(data, np.delete(rows, r))
-        sums, weights = ref.smooth(np.array([sets[r]]))
-        assert weights[0, 0] > 0  # the probes have neighbouring records besides themselves
-        assert float(loo[j, 0]) == pytest.approx(float(sums[0, 0] / weights[0, 0]), abs=1e-5)
-        assert float(loo[j, 1]) == 1.0
-    assert not torch.allclose(loo[:, 0], full[:, 0])  # the own record does enter without leave-one-out
+    m.fit_records(data, np.arange(len(sets)))
+    probe = [[0, 1], [2, 3], [1, 2, 3], [4], [0, 9]]
+    train, evaluate = set_features(m, probe, training=True)["smoothing"], set_features(m, probe)["smoothing"]
+    assert torch.equal(train, evaluate)
+    clique = {g: set(range(g // 8 * 8, g // 8 * 8 + 8)) - {g} for g in range(N)}
+    by_set: dict[frozenset, list[float]] = {}
+    for genes, value in zip(sets, y[:, 0], strict=True):
+        by_set.setdefault(frozenset(genes), []).append(float(value))
+    for j, query in enumerate(probe):
+        reads = [v for i, g in enumerate(query) for c in clique[g] - set(query)
+                 for v in by_set.get(frozenset(query[:i] + [c] + query[i + 1:]), [])]  # fmt: skip
+        assert reads, query  # every probe has neighbouring records
+        assert float(train[j, 0]) == pytest.approx(np.mean(reads), abs=1e-5) and float(train[j, 1]) == 1.0
+    ref = GraphSmoothing(toy_genome(N), GraphSet([cliques()], toy_genome(N).hash), ["fitness"])
+    ref.fit_records(data, np.arange(len(sets)))
+    batch = collate_perturbations([(i, np.asarray(g), np.ones(len(g), np.int8), np.zeros(1, np.float32))
+                                   for i, g in enumerate(probe)], N)  # fmt: skip
+    assert torch.allclose(ref(batch).pred[:, 0], train[:, 0], atol=1e-5)
 
 
 def test_member_singles_use_each_members_single_but_never_a_training_singles_own():
@@ -273,9 +287,9 @@ def test_member_singles_use_each_members_single_but_never_a_training_singles_own
                             phenotype_names=["fitness"])  # fmt: skip
     m.set_target_scaling(np.array([0.0]), np.array([1.0]))
     m.fit_records(data, np.arange(3))
-    gi, ptr = torch.tensor([1, 0, 1, 0, 5]), torch.tensor([0, 1, 3, 4, 5])  # {1}, {0, 1}, {0}, {5}
-    train = m.member_single_features(gi, ptr, leave_out_singles=True)
-    infer = m.member_single_features(gi, ptr)
+    sets = [[1], [0, 1], [0], [5]]
+    train = set_features(m, sets, training=True)["member_singles"]
+    infer = set_features(m, sets)["member_singles"]
     # columns: sum of values, count, mean pairwise product
     assert train[:, 0].tolist() == [0.0, 4.0, 0.0, 0.0] and train[:, 1].tolist() == [0.0, 2.0, 0.0, 0.0]
     assert infer[:, 0].tolist() == [3.0, 4.0, 1.0, 0.0] and infer[:, 1].tolist() == [1.0, 2.0, 1.0, 0.0]
@@ -352,19 +366,20 @@ def test_cross_fitted_additive_estimate_tracks_the_truth_and_reaches_the_readout
     m2.fit_records(data, train)
     sub = data.subset(test)
     gi, ptr = torch.as_tensor(sub.gene_index.astype(np.int64)), torch.as_tensor(sub.offsets)
-    feats = m2.set_features(gi, torch.ones_like(gi), ptr)
-    est = m2.additive_estimate(gi, torch.ones_like(gi), ptr, m2.y_mean, m2.y_std, cross_fitted=False)
+    batch = torch.repeat_interleave(torch.arange(ptr.numel() - 1), ptr[1:] - ptr[:-1])
+    feats = m2.records(gi, torch.ones_like(gi), ptr, batch, m2.y_mean, m2.y_std)
+    est = m2.records.additive(gi, torch.ones_like(gi), ptr, m2.y_mean, m2.y_std, cross_fitted=False)
     assert torch.equal(feats[:, -4:], est)  # the last readout inputs: estimate and measured share per phenotype
     truth = (sub.phenotypes - m2.y_mean.numpy()) / m2.y_std.numpy()
     for p in range(2):
         assert np.corrcoef(est[:, p].numpy(), truth[:, p])[0, 1] > 0.9
-    other = m2.additive_estimate(torch.tensor([0, N + 1]), torch.ones(2, dtype=torch.long), torch.tensor([0, 2]),
+    other = m2.records.additive(torch.tensor([0, N + 1]), torch.ones(2, dtype=torch.long), torch.tensor([0, 2]),
                                  m2.y_mean, m2.y_std, cross_fitted=False)  # fmt: skip
     assert other[0, 2:].tolist() == [0.5, 0.5]  # the added gene (index N + 1) has no training records
     fresh = build_model("cellformer", toy_genome(N), GraphSet([cliques()], toy_genome(N).hash), ["fitness", "score"],
                         d_model=16, n_layers=1, n_heads=2, additive_features=True, additive_folds=3)  # fmt: skip
     fresh.load_state_dict(m2.state_dict())
-    assert torch.equal(fresh.additive_estimate(gi, torch.ones_like(gi), ptr, m2.y_mean, m2.y_std, False), est)
+    assert torch.equal(fresh.records.additive(gi, torch.ones_like(gi), ptr, m2.y_mean, m2.y_std, False), est)
 
 
 def test_a_gene_with_a_dropped_identity_hides_its_own_records_in_training():
@@ -378,21 +393,17 @@ def test_a_gene_with_a_dropped_identity_hides_its_own_records_in_training():
         **{**data.__dict__, "phenotypes": data.phenotypes[:, :1], "phenotype_names": ["fitness"]}
     )
     m.fit_records(fit_data, rows)
-    gi, ptr = torch.tensor([0, 1, 2, 3, 4]), torch.tensor([0, 2, 5])
-    types, own = torch.ones(5, dtype=torch.long), torch.zeros(2, 1)
+    sets = [[0, 1], [2, 3, 4]]
     m.train()
-    m.identities()
-    dropped = m._dropped[gi]
+    hidden = m.encode().hidden
+    dropped = hidden[:5]
     assert 0 < int(dropped.sum()) < 5
-    feats = m.set_features(gi, types, ptr, own)
-    singles = m.member_single_features(gi, ptr, leave_out_singles=True, hidden=dropped)
-    assert torch.equal(feats[:, :3], singles)
+    feats = set_features(m, sets, training=True, hidden=hidden)
     count = torch.zeros(2).index_add(0, torch.tensor([0, 0, 1, 1, 1]), (~dropped).float())
-    assert feats[:, 1].tolist() == count.tolist()  # every member has a single; the dropped ones are hidden
-    assert feats[:, -1].tolist() == pytest.approx((count / torch.tensor([2.0, 3.0])).tolist())  # additive share
+    assert feats["member_singles"][:, 1].tolist() == count.tolist()  # every member has a single; dropped: hidden
+    assert feats["additive"][:, -1].tolist() == pytest.approx((count / torch.tensor([2.0, 3.0])).tolist())
     m.eval()
-    m.identities()
-    assert m._dropped is None and m.set_features(gi, types, ptr)[:, 1].tolist() == [2.0, 3.0]
+    assert m.encode().hidden is None and set_features(m, sets)["member_singles"][:, 1].tolist() == [2.0, 3.0]
 
 
 def test_member_pairs_read_the_training_doubles_among_a_triples_members():
@@ -406,17 +417,17 @@ def test_member_pairs_read_the_training_doubles_among_a_triples_members():
                             phenotype_names=["fitness"])  # fmt: skip
     m.set_target_scaling(np.array([0.0]), np.array([1.0]))
     m.fit_records(data, np.arange(3))
-    gi, ptr = torch.tensor([2, 1, 0, 0, 1, 3, 4, 9]), torch.tensor([0, 3, 5, 8])  # {2,1,0}, {0,1}, {3,4,9}
-    out = m.member_pair_features(gi, ptr)
+    sets = [[2, 1, 0], [0, 1], [3, 4, 9]]
+    out = set_features(m, sets)["member_pairs"]
     assert out[0].tolist() == pytest.approx([2.0, 2 / 3])  # mean of {0,1}=1 and {1,2}=3; 2 of 3 pairs
     assert out[1].tolist() == [0.0, 0.0] and out[2].tolist() == [0.0, 0.0]
     dropped = torch.zeros(N, dtype=torch.bool)
     dropped[0] = True
-    assert m.member_pair_features(gi, ptr, dropped)[0].tolist() == pytest.approx([3.0, 1 / 3])
+    assert set_features(m, sets, True, dropped)["member_pairs"][0].tolist() == pytest.approx([3.0, 1 / 3])
     fresh = model(member_pairs=True)  # the table survives a checkpoint (buffers sized from the state dict)
     fresh.load_state_dict(m.state_dict())
-    assert torch.equal(fresh.member_pair_features(gi, ptr), out)
+    assert torch.equal(set_features(fresh, sets)["member_pairs"], out)
     no_graph = model(member_pairs=True, graph_inputs=[])  # needs no graph
     no_graph.set_target_scaling(np.array([0.0]), np.array([1.0]))
     no_graph.fit_records(data, np.arange(3))
-    assert torch.equal(no_graph.member_pair_features(gi, ptr), out)
+    assert torch.equal(set_features(no_graph, sets)["member_pairs"], out)

@@ -4,7 +4,6 @@ brute-force reference, DANGO's diagonal mask and channels, throughput script."""
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import sys
 from pathlib import Path
@@ -287,15 +286,17 @@ def smoothing_toy() -> tuple[Genome, GraphSet, PerturbationData, np.ndarray]:
 
 
 def smoothing_reference(graphs: GraphSet, data: PerturbationData, train: np.ndarray, weighted: bool) -> np.ndarray:
-    """Brute force: loop over queries, training records and gene assignments (see the model's docstring)."""
+    """Brute force: loop over queries and training records (see the model's docstring). A record of the
+    query's size counts when it replaces exactly one query gene ``g`` by a neighbour ``c`` of it, with weight
+    ``W[g, c]``."""
     n = len(data.genes)
     w = np.zeros((n, n))
     for g in graphs.values():
         a = g.adj.toarray()
         w = np.maximum(w, np.maximum(a, a.T))
+    np.fill_diagonal(w, 0)
     if not weighted:
         w = (w > 0).astype(float)
-    closed = w + np.eye(n)
     sets = [list(data.record(r)[0]) for r in range(len(data))]
     y = data.phenotypes.astype(np.float64)
     overall = np.nanmean(y[train], 0)
@@ -308,12 +309,11 @@ def smoothing_reference(graphs: GraphSet, data: PerturbationData, train: np.ndar
             size_mean = np.mean(measured) if measured else overall[p]
             num = den = 0.0
             if k <= 3:
-                m = w if k == 1 else closed
                 for s, v in recs:
-                    if np.isnan(v[p]):
+                    out, new = set(q) - set(s), set(s) - set(q)
+                    if np.isnan(v[p]) or len(out) != 1:
                         continue
-                    perms = itertools.permutations(range(k))
-                    kern = sum(np.prod([m[q[i], s[perm[i]]] for i in range(k)]) for perm in perms)
+                    kern = w[out.pop(), new.pop()]
                     num, den = num + kern * v[p], den + kern
             ref[qi, p] = num / den if den > 0 else size_mean
     return ref

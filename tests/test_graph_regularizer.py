@@ -11,7 +11,6 @@ from cellformer.data.dataset import collate_perturbations
 from cellformer.genome import Genome
 from cellformer.graphs import GeneGraph, GraphSet
 from cellformer.models.cellformer import CellFormer
-from cellformer.models.graph_reg import graph_kl
 
 N, F_DIM = 60, 6
 
@@ -31,7 +30,7 @@ def test_trained_head_aligns_with_graph_and_free_head_does_not():
         before = float(model.attention_alignment("cliques", 0, 0))
     for _ in range(200):
         opt.zero_grad()
-        loss = graph_kl(model, "cliques")
+        loss = model.graph_loss("cliques")
         loss.backward()
         opt.step()
     model.eval()
@@ -47,9 +46,9 @@ def test_graph_term_is_linear_in_lambda():
     m1 = toy_model({"cliques": {"layer": 1, "head": 1, "weight": 1.0, "rows": 17}})
     m3 = toy_model({"cliques": {"layer": 1, "head": 1, "weight": 3.0, "rows": 17}})
     m1.generator.manual_seed(5)
-    l1 = graph_kl(m1, "cliques").item()
+    l1 = m1.graph_loss("cliques").item()
     m3.generator.manual_seed(5)
-    l3 = graph_kl(m3, "cliques").item()
+    l3 = m3.graph_loss("cliques").item()
     assert l1 > 0
     assert abs(l3 / l1 - 3.0) < 1e-5
 
@@ -57,7 +56,7 @@ def test_graph_term_is_linear_in_lambda():
 def test_gradient_reaches_only_the_tied_head():
     model = toy_model({"cliques": {"layer": 1, "head": 0, "rows": 25}}, n_heads=4)
     model.zero_grad()
-    graph_kl(model, "cliques").backward()
+    model.graph_loss("cliques").backward()
     attn = model.blocks[1].attn
     grad = attn.qkv.weight.grad
     d = model.d_model
@@ -74,7 +73,7 @@ def test_gradient_reaches_only_the_tied_head():
     assert model.head.score.weight.grad is None
     # ... but the layer-1 input does depend on layer 0 and the embeddings
     assert model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
-    assert model.gene_embed.weight.grad.abs().sum() > 0
+    assert model.tokens.gene_embed.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("weighted", [False, True])
@@ -84,10 +83,10 @@ def test_sampled_kl_matches_dense_reference(weighted, layer, head):
     model = toy_model({"cliques": {"layer": layer, "head": head, "weight": 0.7, "rows": 13}}, graphs=graphs)
     model.eval()
     with torch.no_grad():
-        full = graph_kl(model, "cliques", rows=model.valid_rows("cliques"))
+        full = model.graph_loss("cliques", rows=model.valid_rows("cliques"))
         assert torch.allclose(full, dense_graph_kl(model, "cliques"), atol=1e-5)
         model.generator.manual_seed(3)
-        sampled = graph_kl(model, "cliques")
+        sampled = model.graph_loss("cliques")
         model.generator.manual_seed(3)
         rows = model.sample_graph_rows("cliques")
         assert rows.numel() == 13 and rows.unique().numel() == 13
@@ -106,7 +105,7 @@ def test_row_sampling_leaves_the_global_rng_alone():
     expected = torch.rand(3)
     torch.manual_seed(0)
     model.sample_graph_rows("cliques")
-    graph_kl(model, "cliques")
+    model.graph_loss("cliques")
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -144,12 +143,12 @@ def test_masked_rows_never_enter():
     assert torch.equal(seen, torch.arange(10, 50))
     # no target mass on added genes' keys; still an exact distribution over the other genes
     g = model.graph_tensors("cliques")
-    assert not (g["col"] >= 50).any()
-    assert torch.allclose(g["val"].sum(), torch.tensor(float(valid.numel())))
+    assert not (g.col >= 50).any()
+    assert torch.allclose(g.val.sum(), torch.tensor(float(valid.numel())))
     with torch.no_grad():
-        assert torch.allclose(graph_kl(model, "cliques", rows=valid), dense_graph_kl(model, "cliques"), atol=1e-5)
+        assert torch.allclose(model.graph_loss("cliques", rows=valid), dense_graph_kl(model, "cliques"), atol=1e-5)
         with pytest.raises(ValueError, match="not valid rows"):
-            graph_kl(model, "cliques", rows=torch.tensor([3, 20]))
+            model.graph_loss("cliques", rows=torch.tensor([3, 20]))
 
     # a heterologous variant in the batch changes neither the rows drawn nor the term
     het = np.random.default_rng(2).normal(size=(2, F_DIM)).astype(np.float32)
@@ -190,7 +189,9 @@ def test_graph_buffers_follow_the_model_and_hparams_are_json():
 
     model = toy_model({"cliques": {"layer": 0, "head": 0, "weight": 0.5, "rows": 8}})
     names = {n for n, _ in model.named_buffers()}
-    assert {"graph0_crow", "graph0_col", "graph0_val", "graph0_valid", "features", "known"} <= names
+    tied = {f"regularizer.graphs.0.{p}" for p in ("crow", "col", "val", "valid")}
+    assert tied | {"tokens.features", "tokens.known"} <= names
+    assert not tied & set(model.state_dict())  # rebuilt from the graphs, not saved
     hp = json.loads(json.dumps(model.hparams_dict))
     assert hp["graph_reg"] == {"cliques": {"layer": 0, "head": 0, "weight": 0.5, "rows": 8, "transpose": False}}
     # a rebuilt model from the hyper-parameters loads the state dict

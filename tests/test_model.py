@@ -13,7 +13,8 @@ from cellformer.data.dataset import PerturbationType, collate_perturbations
 from cellformer.genome import Genome
 from cellformer.graphs import GraphSet
 from cellformer.models.base import ModelOutput
-from cellformer.models.cellformer import CellFormer, oversmoothing
+from cellformer.models.cellformer import CellFormer
+from cellformer.models.diagnostics import oversmoothing
 
 N, F_DIM, P = 40, 5, 3
 RNG = np.random.default_rng(0)
@@ -98,7 +99,7 @@ def test_head_equals_naive_dense_type_reference(pool):
             # no training records: no smoothing estimate, member singles or pairs (zeros); the additive estimate is
             # the unfitted one (its own tests check the fit)
             extra = torch.tensor(adjacent + [0.0] * (2 * P) + [0.0] * (3 * P) + [0.0] * (2 * P), dtype=torch.float32)
-            additive = model.additive_estimate(members, torch.as_tensor(types), torch.tensor([0, len(genes)]),
+            additive = model.records.additive(members, torch.as_tensor(types), torch.tensor([0, len(genes)]),
                                                torch.zeros(P), torch.ones(P), cross_fitted=False)[0]  # fmt: skip
             extra = torch.cat([extra, additive])
             ref = head.readout(torch.cat([cls, z, pair, extra])) + head.additive(phi_s).sum(0)
@@ -137,7 +138,7 @@ def test_heterologous_variant_batch():
 def test_gradient_reaches_every_parameter(attn_dropout):
     model = make_model("attention", dropout=0.1, attn_dropout=attn_dropout).train()
     with torch.no_grad():  # as if fit_records had found neighbours with single-mutant data
-        model.label_features.normal_()
+        model.records.label_features.normal_()
     batch = collate_perturbations(ITEMS + [item(4, [N, 3], [A, D])], N, HET)
     out = model(batch)
     loss = out.pred.square().sum() + sum(out.losses.values())
@@ -205,7 +206,7 @@ def test_encoding_cache_reuses_one_encoding_and_matches_fresh_encoding():
 def test_gated_readout_multiplies_two_projections():
     """The gated readout is ``out(GELU(fc x) ⊙ gate x)``: it can form products (x1·x2), a plain one cannot
     without a wide hidden layer; the plain form is ``out(GELU(fc x))``."""
-    from cellformer.models.cellformer import MLP
+    from cellformer.models.layers import MLP
 
     torch.manual_seed(0)
     x = torch.randn(5, 3)

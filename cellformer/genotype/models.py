@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cellformer.graphs.graph import GeneGraph
-from cellformer.models.cellformer import Block
+from cellformer.models.layers import Block
 from cellformer.models.graph_reg import (
     GraphRegConfig,
     head_log_attention,

@@ -24,7 +24,9 @@ from cellformer.models.base import PhenotypeModel
 from cellformer.models.registry import build_model
 
 CHECKPOINT_KEY = "cellformer"
-CHECKPOINT_VERSION = 1
+#: 2: CellFormer's record tables (``records.*``), tokens (``tokens.*``) and graph regulariser are submodules
+#: and its hyper-parameters are a :class:`~cellformer.models.cellformer.CellFormerConfig`.
+CHECKPOINT_VERSION = 2
 
 
 def context_to_checkpoint(context: DataContext, model_name: str, model_hparams: dict) -> dict:
@@ -106,7 +108,10 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"{path} is not a cellformer checkpoint (no {CHECKPOINT_KEY!r} section)")
     meta = ckpt[CHECKPOINT_KEY]
     if meta.get("version") != CHECKPOINT_VERSION:
-        raise UserError(f"{path}: checkpoint version {meta.get('version')}, this cellformer reads {CHECKPOINT_VERSION}")
+        raise UserError(
+            f"{path}: checkpoint format version {meta.get('version')}, this cellformer reads version "
+            f"{CHECKPOINT_VERSION} (a checkpoint of another version cannot be queried by this one: retrain it)"
+        )
     return ckpt
 
 

@@ -197,7 +197,7 @@ def alignment_report(predictor: Any, out_dir: Path, rows: int | None = 1024, see
         else:
             r = valid
         gt = model.graph_tensors(name)
-        deg = (gt["crow"][r + 1] - gt["crow"][r]).float()
+        deg = (gt.crow[r + 1] - gt.crow[r]).float()
         chance = float(deg.mean() / n) if r.numel() else float("nan")
         for layer in range(model.n_layers):
             for head in range(model.n_heads):

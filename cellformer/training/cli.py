@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import inspect
 import io
 import re
@@ -48,23 +49,31 @@ TRAINER_DEFAULTS: dict = {
 
 
 def model_hparam_names(name: str) -> list[str] | None:
-    """The hyper-parameters model ``name`` accepts in ``model_args`` (None if it takes any keyword)."""
+    """The hyper-parameters model ``name`` accepts in ``model_args`` (None if it takes any keyword): the fields
+    of its ``config_class`` dataclass where it has one, else its constructor's keyword arguments."""
     from cellformer.models.registry import model_class
 
+    config = getattr(model_class(name), "config_class", None)
+    if config is not None:
+        return [f.name for f in dataclasses.fields(config)]
     params = inspect.signature(model_class(name).__init__).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return None
     return [p for p in params if p not in CONTEXT_ARGS]
 
 
-def check_model_args(name: str, model_args: dict | None) -> None:
-    """Refuse an unknown model or an unknown key of ``model_args`` before anything is built."""
+def check_model_args(name: str, model_args: dict | None) -> dict | None:
+    """Refuse an unknown model or an unknown key of ``model_args`` before anything is built. For a model with
+    a ``config_class`` returns every hyper-parameter (the given ones validated, the others at their defaults),
+    so that the saved and printed config shows them all; else ``model_args`` unchanged."""
+    from cellformer.models.registry import model_class
+
     known = model_hparam_names(name)  # an unknown model name raises here, with the list of models
-    if known is None or not model_args:
-        return
-    for key in model_args:
+    for key in model_args or {} if known is not None else {}:
         if key not in known:
             raise unknown_name_error(f"model_args key for model {name!r}:", key, known)
+    config = getattr(model_class(name), "config_class", None)
+    return model_args if config is None else config.from_dict(model_args).to_dict()
 
 
 def _config_error_message(stderr_text: str, keys: list[str]) -> str:
@@ -106,7 +115,14 @@ class CellformerCLI(LightningCLI):
         return sorted(keys)
 
     def parse_arguments(self, parser, args) -> None:
-        """Parse as LightningCLI does; a parser error becomes a :class:`UserError` instead of usage text."""
+        """Parse as LightningCLI does; a parser error becomes a :class:`UserError` instead of usage text.
+
+        ``model.model_args`` is completed with the model's defaults (see :func:`check_model_args`), so
+        ``--print_config`` and the config saved with a run show every hyper-parameter.
+        """
+        args = list(sys.argv[1:] if args is None else args)
+        printing = [a for a in args if a == "--print_config" or a.startswith("--print_config=")]
+        args = [a for a in args if a not in printing]
         captured = io.StringIO()
         try:
             with contextlib.redirect_stderr(captured), warnings.catch_warnings():
@@ -123,7 +139,11 @@ class CellformerCLI(LightningCLI):
         cfg = self.config.get(subcommand, self.config) if subcommand else self.config
         model = cfg.get("model")
         if model is not None:  # before the seed is set and anything is built
-            check_model_args(model.get("model", "cellformer"), model.get("model_args"))
+            model["model_args"] = check_model_args(model.get("model", "cellformer"), model.get("model_args"))
+        if printing:
+            sub = getattr(self, "_subcommand_parsers", {}).get(subcommand, parser) if subcommand else parser
+            sys.stdout.write(sub.dump(cfg, skip_none=False))
+            raise SystemExit(0)
 
     def after_fit(self) -> None:
         cfg = self.config.get(self.subcommand, self.config)

@@ -11,7 +11,7 @@ import torch
 
 from cellformer.data.dataset import PerturbationBatch, PerturbationData
 from cellformer.errors import UserError
-from cellformer.models.checkpoint import CHECKPOINT_KEY, check_genome, context_to_checkpoint
+from cellformer.models.checkpoint import CHECKPOINT_KEY, CHECKPOINT_VERSION, check_genome, context_to_checkpoint
 from cellformer.models.registry import build_model
 from cellformer.training.metrics import format_metrics_table, masked_mse, regression_metrics
 from cellformer.training.optim import adamw_warmup_cosine
@@ -218,6 +218,9 @@ class PhenotypeModule(L.LightningModule):
         meta = checkpoint.get(CHECKPOINT_KEY)
         if meta is None:
             raise UserError("the checkpoint is not a cellformer checkpoint (no 'cellformer' section)")
+        if meta.get("version") != CHECKPOINT_VERSION:
+            raise UserError(f"the checkpoint has format version {meta.get('version')}; this cellformer reads version "
+                            f"{CHECKPOINT_VERSION} (retrain it)")  # fmt: skip
         check_genome(meta, self.context.genome, "given with --ckpt_path")
         if list(meta["phenotype_names"]) != self.phenotype_names:
             raise UserError(

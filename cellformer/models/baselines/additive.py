@@ -118,25 +118,38 @@ def set_folds(gene_index: torch.Tensor, batch: torch.Tensor, num_sets: int, fold
     return total % folds
 
 
-def ridge_fit(X: sp.csr_matrix, target: np.ndarray, rows: np.ndarray, lam: float) -> tuple[np.ndarray, float, float]:
-    """Ridge fit of ``target ≈ b + μ·|S| + Σ_{i∈S} δ_i`` on boolean ``rows``; ``X`` (R, K) marks the members.
-
-    Only the deviations ``δ`` are penalised (``λ‖δ‖²``): a gene is shrunk towards the average gene effect
-    ``μ``, not towards 0, so sets of different sizes stay on one scale; ``μ`` and ``b`` are not penalised.
-    Solved as sparse normal equations by conjugate gradients (milliseconds for thousands of genes).
-    Returns ``(δ (K,), μ, b)``.
-    """
+def ridge_gram(X: sp.csr_matrix, target: np.ndarray, rows: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Normal equations ``(ZᵀZ, Zᵀt)`` of ``target ≈ b + μ·|S| + Σ_{i∈S} δ_i`` on boolean ``rows``, with
+    ``Z = [X | |S| | 1]`` (``X`` (R, K) marks the members). Sums over rows: the Gram of a union of disjoint
+    row sets is the sum of theirs, so cross-fitting needs one Gram per fold."""
     Xt, t = X[rows], target[rows]
-    if not len(t):
-        return np.zeros(X.shape[1]), 0.0, 0.0
     size = np.asarray(Xt.sum(axis=1)).ravel()
     Z = sp.hstack([Xt, sp.csr_matrix(np.c_[size, np.ones_like(size)])]).tocsr()  # last columns: μ and b
-    A = (Z.T @ Z + sp.diags(np.r_[np.full(X.shape[1], lam), 1e-8, 1e-8])).tocsr()
+    return (Z.T @ Z).tocsr(), Z.T @ t
+
+
+def ridge_solve(gram: sp.csr_matrix, rhs: np.ndarray, lam: float) -> tuple[np.ndarray, float, float]:
+    """Solve ``(ZᵀZ + λ·diag(1…1, 0, 0)) w = Zᵀt`` by Jacobi-preconditioned conjugate gradients.
+
+    Only the deviations ``δ`` are penalised: a gene is shrunk towards the average gene effect ``μ``, not
+    towards 0, so sets of different sizes stay on one scale (``μ`` and ``b`` get a 1e-8 ridge for stability).
+    Returns ``(δ (K,), μ, b)``.
+    """
+    k = gram.shape[0] - 2
+    A = (gram + sp.diags(np.r_[np.full(k, lam), 1e-8, 1e-8])).tocsr()
     jacobi = sp.diags(1.0 / A.diagonal())  # the μ and b columns are far larger than a gene's: precondition
-    sol, info = cg(A, Z.T @ t, rtol=1e-8, maxiter=20000, M=jacobi)
+    sol, info = cg(A, rhs, rtol=1e-8, maxiter=20000, M=jacobi)
     if info:
         raise RuntimeError(f"ridge_fit: conjugate gradients did not converge ({info} iterations)")
     return sol[:-2], float(sol[-2]), float(sol[-1])
+
+
+def ridge_fit(X: sp.csr_matrix, target: np.ndarray, rows: np.ndarray, lam: float) -> tuple[np.ndarray, float, float]:
+    """Ridge fit of ``target ≈ b + μ·|S| + Σ_{i∈S} δ_i`` on boolean ``rows`` (:func:`ridge_gram`,
+    :func:`ridge_solve`). Returns ``(δ (K,), μ, b)``; all zeros without rows."""
+    if not rows.any():
+        return np.zeros(X.shape[1]), 0.0, 0.0
+    return ridge_solve(*ridge_gram(X, target, rows), lam)
 
 
 class CrossFittedAdditive(nn.Module):
@@ -210,9 +223,10 @@ class CrossFittedAdditive(nn.Module):
             def standardised(t: np.ndarray, p: int = p, mult: bool = mult) -> np.ndarray:
                 return (np.exp(np.minimum(t, 10.0)) - mean[p]) / std[p] if mult else t
 
+            fits_by = self._fold_fits(X, target, has, fold)
             best = None
             for lam in self.penalties:  # λ by out-of-fold error of the estimate in standardised units
-                fits = [ridge_fit(X, target, has & (fold != f), lam) for f in range(self.folds)]
+                fits = [fits_by(f, lam) for f in range(self.folds)]
                 err = 0.0
                 for f, (w, mu, b) in enumerate(fits):
                     out = has & (fold == f)
@@ -221,7 +235,7 @@ class CrossFittedAdditive(nn.Module):
                 if best is None or err < best[0]:
                     best = (err, lam, fits)
             _, lam, fits = best
-            fits.append(ridge_fit(X, target, has, lam))
+            fits.append(fits_by(None, lam))
             for f, (w, mu, b) in enumerate(fits):
                 train = has & (fold != f) if f < self.folds else has
                 self.effect[f, :, p] = torch.from_numpy(w).float()
@@ -229,6 +243,21 @@ class CrossFittedAdditive(nn.Module):
                 self.bias[f, p] = b
                 self.measured[f, :, p] = torch.from_numpy(np.asarray(X[train].sum(axis=0)).ravel() > 0)
             self.penalty[p] = lam
+
+    def _fold_fits(self, X: sp.csr_matrix, target: np.ndarray, has: np.ndarray, fold: np.ndarray):
+        """``fit(f, λ)``: the ridge fit on the measured records outside fold ``f`` (None: all of them). One
+        Gram per fold is built once; the Gram without fold f is the total minus fold f's."""
+        grams = [ridge_gram(X, target, has & (fold == f)) for f in range(self.folds)]
+        total_gram, total_rhs = sum(g for g, _ in grams), sum(r for _, r in grams)
+
+        def fit(f: int | None, lam: float) -> tuple[np.ndarray, float, float]:
+            if not (has if f is None else has & (fold != f)).any():
+                return np.zeros(X.shape[1]), 0.0, 0.0
+            if f is None:
+                return ridge_solve(total_gram, total_rhs, lam)
+            return ridge_solve(total_gram - grams[f][0], total_rhs - grams[f][1], lam)
+
+        return fit
 
     @torch.no_grad()
     def forward(

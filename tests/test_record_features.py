@@ -1,0 +1,98 @@
+"""The record-derived inputs as one component: identical values to the implementation they replace, and a
+batch-side computation whose tables hold distinct measured sets, not records.
+
+``fixtures/record_features_76ec2ff.npz`` holds a toy screen (40 genes, an undirected and a directed random
+graph, 300 records of 1-3 genes with NaNs, 220 training records) and the set features CellFormer 0.1.0
+computed for every record at commit 76ec2ff (``CellFormer.set_features``, evaluation and training mode, with
+and without a fixed identity-dropout mask), plus its token inputs. Every feature must agree, except the
+smoothing estimate of sets of two and three genes, whose definition changed on purpose (the one-substitution
+form, tested against brute force in ``test_accuracy_features.py`` and ``test_baselines.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import toy_genome
+
+from cellformer.data.dataset import PerturbationData, PerturbationDataset, PerturbationType
+from cellformer.graphs import GeneGraph, GraphSet
+from cellformer.models.record_features import SetTable, numpy_set_keys, padded_members, set_keys
+from cellformer.models.registry import build_model
+
+REFERENCE = Path(__file__).parent / "fixtures" / "record_features_76ec2ff.npz"
+N = 40
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    ref = dict(np.load(REFERENCE))
+    genome = toy_genome(N)
+    g1 = GeneGraph.from_edges("g1", N, ref["g1_src"], ref["g1_dst"])
+    g2 = GeneGraph.from_edges("g2", N, ref["g2_src"], ref["g2_dst"], directed=True)
+    data = PerturbationData(genes=list(genome.genes), offsets=ref["offsets"], gene_index=ref["gene_index"],
+                            types=np.full(len(ref["gene_index"]), int(PerturbationType.DELETION)),
+                            phenotypes=ref["phenotypes"], phenotype_names=["fitness", "epsilon"],
+                            genome_hash=genome.hash)  # fmt: skip
+    model = build_model("cellformer", genome, GraphSet([g1, g2], genome.hash), data.phenotype_names,
+                        d_model=16, n_layers=1, n_heads=2)  # fmt: skip
+    train = ref["train"]
+    y = data.phenotypes[train].astype(np.float64)
+    model.set_target_scaling(np.nanmean(y, 0), np.nanstd(y, 0))
+    model.fit_records(data, train)
+    return {"ref": ref, "model": model, "data": data, "batch": PerturbationDataset(data).collate_rows(np.arange(300))}
+
+
+def features(model, batch, training: bool = False, hidden=None) -> np.ndarray:
+    mean, std = model.target_scaling()
+    with torch.no_grad():
+        return model.records(batch.gene_index, batch.types, batch.ptr, batch.batch, mean, std, training, hidden).numpy()
+
+
+def test_token_inputs_are_unchanged(reference):
+    np.testing.assert_allclose(reference["model"].records.label_features.numpy(), reference["ref"]["label_features"],
+                               atol=1e-6)  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["eval", "train", "train_nodrop"])
+def test_set_features_are_unchanged(reference, mode):
+    ref, model, batch = reference["ref"], reference["model"], reference["batch"]
+    hidden = torch.from_numpy(ref["dropped"]) if mode == "train" else None
+    new = features(model, batch, training=mode != "eval", hidden=hidden)
+    old = ref["train_features_nodrop" if mode == "train_nodrop" else f"{mode}_features"]
+    slices = model.records.slices()
+    assert list(slices) == ["pair_graph", "smoothing", "member_singles", "member_pairs", "additive"]
+    assert new.shape == old.shape == (300, 20)
+    singles = np.diff(ref["offsets"]) == 1
+    for name, sl in slices.items():
+        if name == "smoothing":  # the single-gene estimate (neighbours' singles) is unchanged
+            np.testing.assert_allclose(new[singles, sl], old[singles, sl], atol=1e-5)
+        else:
+            np.testing.assert_allclose(new[:, sl], old[:, sl], atol=1e-5, err_msg=name)
+
+
+def test_tables_hold_distinct_sets_and_keys_are_order_free():
+    """A set measured twice is one table entry with two counted values; keys ignore member order and keep
+    sizes apart; the padded batch view keeps sets up to the padded width."""
+    n = 10
+    data = PerturbationData(genes=[f"G{i}" for i in range(n)], offsets=np.array([0, 2, 4, 5, 8]),
+                            gene_index=np.array([1, 2, 2, 1, 3, 4, 5, 6], np.int32), types=np.ones(8, np.int8),
+                            phenotypes=np.array([[1.0], [3.0], [np.nan], [2.0]], np.float32),
+                            phenotype_names=["x"])  # fmt: skip
+    table = SetTable(n, 1)
+    table.fit(data, np.arange(4), [0])
+    assert table.keys.numel() == 3  # {1,2} twice, {3}, {4,5,6}
+    total, count = table.lookup(torch.tensor(numpy_set_keys(np.array([[2, 1]]), n)))
+    assert total.tolist() == [[4.0]] and count.tolist() == [[2.0]]
+    total, count = table.lookup(torch.tensor(numpy_set_keys(np.array([[3]]), n)))
+    assert count.tolist() == [[0.0]]  # measured, but NaN
+    members = torch.tensor([[6, 4, 5, -1], [1, 2, -1, -1], [2, -1, -1, -1]])
+    keys = set_keys(members, torch.tensor([3, 2, 1]), n)
+    assert keys.tolist() == [numpy_set_keys(np.array([[4, 5, 6]]), n)[0], numpy_set_keys(np.array([[1, 2]]), n)[0], 2]
+    assert len(set(numpy_set_keys(np.array(s), n)[0] for s in ([[1]], [[0, 1]], [[0, 0, 1]]))) == 3
+    gi, ptr = torch.tensor([3, 1, 4, 1, 5, 9, 2]), torch.tensor([0, 2, 7])
+    padded, sizes = padded_members(gi, ptr, torch.tensor([0, 0, 1, 1, 1, 1, 1]))
+    assert padded.tolist() == [[3, 1, -1, -1], [4, 1, 5, 9]] and sizes.tolist() == [2, 5]
