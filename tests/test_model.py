@@ -96,12 +96,10 @@ def test_head_equals_naive_dense_type_reference(pool):
             pairs_ij = list(itertools.combinations(genes, 2))  # share of member pairs adjacent in each graph
             adjacent = [np.mean([model.graphs[g].adj[a, b] > 0 for a, b in pairs_ij]) if pairs_ij else 0.0
                         for g in model.graph_inputs]  # fmt: skip
-            # no training records: no smoothing estimate, member singles or pairs (zeros); the additive estimate is
-            # the unfitted one (its own tests check the fit)
-            extra = torch.tensor(adjacent + [0.0] * (2 * P) + [0.0] * (3 * P) + [0.0] * (2 * P), dtype=torch.float32)
-            additive = model.records.additive(members, torch.as_tensor(types), torch.tensor([0, len(genes)]),
-                                               torch.zeros(P), torch.ones(P), cross_fitted=False)[0]  # fmt: skip
-            extra = torch.cat([extra, additive])
+            ptr, ids = torch.tensor([0, len(genes)]), torch.zeros(len(genes), dtype=torch.long)
+            one = (members, torch.as_tensor(types), ptr, ids)
+            extra = model.records(*one, torch.zeros(P), torch.ones(P))[0]  # what the records say (tested elsewhere)
+            assert extra[model.records.slices()["pair_graph"]].tolist() == pytest.approx(adjacent)
             ref = head.readout(torch.cat([cls, z, pair, extra])) + head.additive(phi_s).sum(0)
             assert torch.allclose(pred[b], ref, atol=1e-5), (b, pred[b], ref)
 

@@ -60,6 +60,8 @@ class CellFormerConfig:
         input_hops, structural_dim: hops of neighbour-averaged identities and spectral-encoding vectors per
             input graph (0 = none).
         identity_dropout: share of gene identities replaced by the unknown-gene vector at each training step.
+        identity_init: sd of the initial gene identities (large: the identity dominates a token at first; small:
+            the sequence features, graph context and record inputs do).
         mask_unseen: genes in no training record always use the unknown-gene identity.
         pair_features: the members' mean pairwise product ``p_S`` in the readout.
         additive_path: a per-gene effect ``Σ_{i∈S} a(φ(h_i, m_i))`` added to the prediction.
@@ -70,6 +72,9 @@ class CellFormerConfig:
             substitution estimate, the members' own singles, a larger set's measured member pairs, the
             cross-fitted additive estimate).
         smoothing_neighbours: neighbours kept per gene for the substitution estimate.
+        profile_dim: per phenotype, the dimensions of each gene's interaction-profile token input (a sketch of
+            its training records of two or more genes, from which a training batch's own records are removed;
+            :class:`~cellformer.models.record_features.InteractionProfiles`); 0 = none.
         additive_folds: folds of the cross-fitted additive estimate (≥ 2).
         row_seed: seed of the model's own generator (graph rows, identity dropout), so that they never
             shift the global RNG stream that orders batches.
@@ -87,6 +92,7 @@ class CellFormerConfig:
     input_hops: int = 2
     structural_dim: int = 16
     identity_dropout: float = 0.3
+    identity_init: float = 1.0
     mask_unseen: bool = True
     pair_features: bool = True
     additive_path: bool = True
@@ -96,6 +102,7 @@ class CellFormerConfig:
     pair_graph_features: bool = True
     smoothing_features: bool = True
     smoothing_neighbours: int = 64
+    profile_dim: int = 64
     member_singles: bool = True
     member_pairs: bool = True
     additive_features: bool = True
@@ -107,7 +114,9 @@ class CellFormerConfig:
         "d_model": (1, None, True), "n_layers": (0, None, True), "n_heads": (1, None, True),
         "d_ff": (1, None, True), "dropout": (0.0, 1.0, False), "attn_dropout": (0.0, 1.0, False),
         "input_hops": (0, None, True), "structural_dim": (0, None, True), "identity_dropout": (0.0, 1.0, False),
+        "identity_init": (0.0, None, True),
         "readout_hidden": (1, None, True), "smoothing_neighbours": (1, None, True), "additive_folds": (2, None, True),
+        "profile_dim": (0, None, True),
     }  # fmt: skip
 
     @classmethod
@@ -161,7 +170,7 @@ class CellFormer(PhenotypeModel):
         self.records = RecordFeatures(
             self.num_genes, self.phenotype_names, graphs, inputs, cfg.pair_graph_features, cfg.smoothing_features,
             cfg.member_singles, cfg.member_pairs, cfg.additive_features, cfg.label_inputs, cfg.additive_folds,
-            cfg.smoothing_neighbours,
+            cfg.smoothing_neighbours, cfg.profile_dim,
         )  # fmt: skip
         self.tokens = GeneTokens(genome.features, self.added_mask_np, graphs, inputs, d, cfg.input_hops,
                                  cfg.structural_dim, self.records.token_width)  # fmt: skip
@@ -178,10 +187,10 @@ class CellFormer(PhenotypeModel):
         self._frozen_encoding: EncoderOutput | None = None
         self.freeze_encoding_cache = False
         self.apply(self._init_weights)
-        # Gene identities start at unit scale (nn.Embedding's default), not 0.02: the identity is the main
-        # per-gene signal, and at 0.02 the shared residual updates swamp it after the LayerNorms -- the gene
-        # embeddings collapse to one direction (over-smoothing ~0) and the head cannot tell genes apart.
-        nn.init.normal_(self.tokens.gene_embed.weight, std=1.0)
+        # With no informative token input, identities must start at unit scale: at 0.02 the shared residual
+        # updates swamp them after the LayerNorms and the gene embeddings collapse to one direction. With
+        # record inputs a unit-scale identity drowns them instead (identity_init).
+        nn.init.normal_(self.tokens.gene_embed.weight, std=cfg.identity_init)
         nn.init.normal_(self.tokens.unknown_gene, std=0.02)
         nn.init.normal_(self.cls_token, std=0.02)
 
@@ -222,17 +231,20 @@ class CellFormer(PhenotypeModel):
 
     # ------------------------------------------------------------------ encoder
     def embed(
-        self, added_features: Sequence[torch.Tensor | None]
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Tokens (V, 1 + L, d), key mask (V, 1 + L) (None when nothing is padded) and the genes whose identity
-        is dropped in this pass (training) or None.
+        self, added_features: Sequence[torch.Tensor | None], batch: PerturbationBatch | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Tokens (V, 1 + L, d), key mask (V, 1 + L) (None when nothing is padded), the genes whose identity
+        is dropped in this pass (training) or None, and the per-gene record inputs of the pass (or None).
 
         ``added_features[v]`` are the (n_v, F) features of the genes variant ``v`` appends to the base
-        genome (None or empty for none); an empty list means the wild type alone.
+        genome (None or empty for none); an empty list means the wild type alone. ``batch``: the training
+        batch, whose records leave the per-gene record inputs for this pass.
         """
         dropout = self.config.identity_dropout if self.training else 0.0
         identity, dropped = self.tokens.identities(dropout, self.config.mask_unseen, self.generator)
-        base = self.tokens(identity, self.records.label_features if self.records.token_width else None)
+        own = None if batch is None else ((batch.gene_index, batch.ptr, batch.batch), batch.y)
+        inputs = self.records.token_inputs(own and own[0], *self.target_scaling(), own and own[1], dropped)
+        base = self.tokens(identity, inputs)
         cls = self.cls_token.to(base.dtype)[None]
         added = list(added_features) or [None]
         n_added = [0 if a is None or a.numel() == 0 else a.shape[0] for a in added]
@@ -249,14 +261,17 @@ class CellFormer(PhenotypeModel):
             seqs.append(torch.cat(parts))
         x = torch.stack(seqs)
         if width == 0 or len(set(n_added)) == 1:
-            return x, None, dropped
+            return x, None, dropped, inputs
         pad = torch.arange(width, device=x.device)[None, :] >= torch.tensor(n_added, device=x.device)[:, None]
         key_mask = torch.cat([torch.ones(len(added), 1 + self.num_genes, dtype=torch.bool, device=x.device), ~pad], 1)
-        return x, key_mask, dropped
+        return x, key_mask, dropped, inputs
 
-    def encode(self, added_features: Sequence[torch.Tensor | None] = ()) -> EncoderOutput:
-        """Run the transformer once over every variant (variant 0 first); see :class:`EncoderOutput`."""
-        x, key_mask, dropped = self.embed(added_features)
+    def encode(
+        self, added_features: Sequence[torch.Tensor | None] = (), batch: PerturbationBatch | None = None
+    ) -> EncoderOutput:
+        """Run the transformer once over every variant (variant 0 first); see :class:`EncoderOutput`.
+        ``batch``: a training batch (its records leave the per-gene record inputs, :meth:`embed`)."""
+        x, key_mask, dropped, inputs = self.embed(added_features, batch)
         x = self.embed_drop(x)
         layer_inputs = []
         for block in self.blocks:
@@ -267,7 +282,7 @@ class CellFormer(PhenotypeModel):
         mask = torch.ones(V, L, dtype=torch.bool, device=x.device) if key_mask is None else key_mask[:, 1:]
         first = added_features[0] if len(added_features) else None
         wild_type = first is None or first.numel() == 0
-        return EncoderOutput(x[:, 0], x[:, 1:], mask, layer_inputs, wild_type, hidden=dropped)
+        return EncoderOutput(x[:, 0], x[:, 1:], mask, layer_inputs, wild_type, hidden=dropped, record_inputs=inputs)
 
     def encode_genome(self, added_features: torch.Tensor | None = None) -> EncoderOutput:
         """The encoder output for one genome variant (V = 1): the wild type, or it plus added genes."""
@@ -279,7 +294,7 @@ class CellFormer(PhenotypeModel):
         (training: the sets are training records, and genes hidden in this pass hide their records)."""
         mean, std = self.target_scaling()
         hidden = enc.hidden if training else None
-        extra = self.records(gene_index, types, ptr, batch, mean, std, training, hidden)
+        extra = self.records(gene_index, types, ptr, batch, mean, std, training, hidden, enc.record_inputs)
         return self.head(enc, gene_index, types, ptr, batch, variant, return_attention, extra)
 
     def predict_from_encoding(
@@ -313,7 +328,7 @@ class CellFormer(PhenotypeModel):
         added = list(batch.added_features) or [None]
         if batch.variant.numel() and int(batch.variant.max()) >= len(added):
             raise ValueError(f"batch.variant refers to variant {int(batch.variant.max())} of {len(added)}")
-        enc = self._encode_for_batch(added)
+        enc = self.encode(added, batch) if self.training else self._encode_for_batch(added)
         pred, beta = self._predict(enc, batch.gene_index, batch.types, batch.ptr, batch.batch, batch.variant,
                                    return_attention, training=self.training)  # fmt: skip
         losses = self.regularizer(enc.layer_inputs, self.attentions) if graph_losses else {}

@@ -47,6 +47,7 @@ class EncoderOutput:
     wild_type: bool = True
     phi_present: torch.Tensor | None = None  # φ(h_i, PRESENT) (V, L, d), cached by the head when grad is off
     hidden: torch.Tensor | None = None  # (N,) genes whose identity this (training) pass dropped
+    record_inputs: torch.Tensor | None = None  # (N, ·) per-gene record inputs of this pass (token inputs)
 
     def detach(self) -> EncoderOutput:
         """A copy cut from the autograd graph (for caching in a predictor)."""
@@ -56,6 +57,7 @@ class EncoderOutput:
             self.mask,
             [x.detach() for x in self.layer_inputs],
             self.wild_type,
+            record_inputs=None if self.record_inputs is None else self.record_inputs.detach(),
         )
 
 

@@ -18,15 +18,25 @@ Readout features, in output order (each switchable):
 * ``member_pairs`` -- for a set of three or more genes, its member pairs measured as doubles: standardised
   mean over the measured pairs and the share measured (2P);
 * ``additive`` -- the cross-fitted ridge estimate of the additive model and the share of members with
-  records (2P; :class:`~cellformer.models.baselines.additive.CrossFittedAdditive`).
+  records (2P; :class:`~cellformer.models.baselines.additive.CrossFittedAdditive`);
+* ``profile_pairs`` -- the mean over member pairs of the product of their interaction profiles (the
+  token inputs below, as this pass saw them), ``p_a ⊙ p_b`` (P·k): a readout that is linear in it is a
+  low-rank completion of the interaction matrix.
 
-Token input (``label_inputs``): per input graph, the mean standardised single-mutant phenotypes of each
-gene's neighbours (never its own) and the share of its neighbours that have one, (N, G·(P+1)).
+Token inputs, per gene (N, ·):
+
+* ``label_inputs`` -- per input graph, the mean standardised single-mutant phenotypes of each gene's
+  neighbours (never its own) and the share of its neighbours that have one (G·(P+1));
+* ``profile_inputs`` -- a sketch of the gene's measured interaction profile (:class:`InteractionProfiles`):
+  per phenotype, ``Σ_r y_r · mean_{j ∈ r, j ≠ i} u_j`` over the training records ``r`` of two or more genes
+  that contain gene ``i``, with ``u`` the leading eigenvectors of the training pairs' matrix (P·k). While
+  training, the batch's own records are taken out of the profiles before the encoder sees them.
 
 **No record sees its own label.** The substitution estimate only reads sets that differ from the query in
 one gene, so a record never enters its own estimate; while training, a single does not read its own value,
-a record reads the additive fit of the folds without it, and genes hidden for the step (identity dropout:
-``hidden``) read as unmeasured in the member features and the additive estimate.
+a record reads the additive fit of the folds without it, the batch's records are removed from the interaction
+profiles, and genes hidden for the step (identity dropout: ``hidden``) read as unmeasured in the member
+features, the additive estimate and their own profile.
 
 Sets are handled up to :data:`MAX_SET` genes (the padded width); larger sets, and sets with a heterologous
 gene, get no record-derived values (zeros, has-data flags 0). The set tables hold sets of up to
@@ -75,14 +85,20 @@ def set_keys(members: torch.Tensor, sizes: torch.Tensor, num_genes: int) -> torc
     different sizes apart (sizes 1, 2, 3 occupy ``[0, N)``, ``[N, N + N²)``, ``[N + N², …)``).
     """
     w = members.shape[-1]
-    m = torch.where(members >= 0, members, torch.full_like(members, num_genes)).sort(dim=-1).values
-    i = torch.arange(w, device=members.device)
-    s = sizes[..., None].long()
-    power = torch.pow(torch.tensor(num_genes, device=members.device), (s - 1 - i).clamp_min(0))
-    power = torch.where(i < s, power, torch.zeros_like(power))
-    n = num_genes
-    offsets = torch.tensor([0, 0, n, n + n * n, n + n * n + n**3], device=members.device)
-    return (m * power).sum(-1) + offsets[sizes.long().clamp(0, 4)]
+    m = torch.where(members >= 0, members, num_genes).sort(dim=-1).values
+    weights, offsets = _key_weights(num_genes, w, members.device)
+    s = sizes.long().clamp(0, MAX_TABLE_SET + 1)
+    return (m * weights[s]).sum(-1) + offsets[s]
+
+
+def _key_weights(num_genes: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sizes, width) weight of each sorted position in the key of a set of that size, and (sizes,) offsets."""
+    n, sizes = num_genes, MAX_TABLE_SET + 2
+    weights = torch.zeros(sizes, width, dtype=torch.long)
+    for s in range(1, min(sizes, width + 1)):
+        weights[s, :s] = torch.tensor([n ** (s - 1 - i) for i in range(s)])
+    offsets = torch.tensor([sum(n**t for t in range(1, max(s, 1))) for s in range(sizes)])
+    return weights.to(device), offsets.to(device)
 
 
 def numpy_set_keys(genes: np.ndarray, num_genes: int) -> np.ndarray:
@@ -217,12 +233,13 @@ def substitution_estimate(
 
     ``members`` (B, W) padded with -1, ``sizes`` (B,), ``valid`` (B,) bool: sets to estimate (others get 0).
     """
+    members = members[:, :MAX_TABLE_SET]
     B, W = members.shape
     P = table.total.shape[1]
     total = torch.zeros(B, P, device=members.device)
     weight = torch.zeros(B, P, device=members.device)
     k = neighbours.index.shape[1]
-    for j in range(min(W, MAX_TABLE_SET)):
+    for j in range(W):
         active = valid & (sizes > j)
         gene = members[:, j].clamp(0, table.num_genes - 1)  # other rows are not active
         cand = neighbours.index[gene]  # (B, k)
@@ -237,6 +254,123 @@ def substitution_estimate(
     return total, weight
 
 
+# ---------------------------------------------------------------------- interaction profiles
+def _sym_matrix(genes: np.ndarray, values: np.ndarray, n: int) -> sp.csr_matrix:
+    """Symmetric (n, n) matrix of pair values (the mean over duplicate measurements)."""
+    a, b = genes[:, 0], genes[:, 1]
+    total = sp.coo_matrix((np.r_[values, values], (np.r_[a, b], np.r_[b, a])), shape=(n, n)).tocsr()
+    count = sp.coo_matrix((np.ones(2 * len(a)), (np.r_[a, b], np.r_[b, a])), shape=(n, n)).tocsr()
+    total.sum_duplicates()
+    count.sum_duplicates()
+    out = total.copy()
+    out.data = total.data / count.data  # same sparsity pattern and order (both summed from the same coordinates)
+    return out
+
+
+class InteractionProfiles(nn.Module):
+    """A k-dimensional sketch of every gene's measured interaction profile, per phenotype.
+
+    For phenotype ``p``: ``u^p`` (N, k) are the leading eigenvectors (by |eigenvalue|) of the symmetric matrix of
+    the standardised training pair values, scaled to unit mean square over the genes that have pairs; gene
+    ``i``'s profile is ``Σ_r y_rp · mean_{j ∈ r, j ≠ i} u^p_j`` over the training records ``r`` of 2..MAX_SET
+    genes containing ``i``, divided by the square root of their number. The sketch is linear in the records, so
+    a batch's own records are removed in O(B·k) (:meth:`tokens`); nothing on a step's path grows with the
+    number of training records. Buffers: saved with the model.
+    """
+
+    def __init__(self, num_genes: int, num_phenotypes: int, dim: int):
+        super().__init__()
+        self.num_genes, self.dim = num_genes, dim
+        self.register_buffer("basis", torch.zeros(num_genes, num_phenotypes, dim))  # u_j per phenotype
+        self.register_buffer("total", torch.zeros(num_genes, num_phenotypes, dim))  # Σ_r y_r · mean u of the others
+        self.register_buffer("count", torch.zeros(num_genes, num_phenotypes))  # records measuring p with gene i
+
+    @property
+    def width(self) -> int:
+        return self.basis.shape[1] * self.dim
+
+    def fit(self, data: PerturbationData, rows: np.ndarray, cols: Sequence[int], mean, std) -> None:
+        """Eigenvectors of the training pairs' matrix and the profile sums of the training records ``rows``."""
+        from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+
+        n, k = self.num_genes, self.dim
+        sizes = data.set_sizes[rows]
+        basis = np.zeros((n, len(cols), k), np.float64)
+        pairs = rows[sizes == 2]
+        genes = data.gene_index[data.offsets[pairs][:, None] + np.arange(2)].astype(np.int64)
+        base = (genes < n).all(1)
+        y2 = (data.phenotypes[pairs][:, list(cols)].astype(np.float64) - mean) / std
+        for p in range(len(cols)):
+            sel = base & ~np.isnan(y2[:, p])
+            active = np.unique(genes[sel])
+            m = min(k, len(active) - 1)
+            if m < 1:
+                continue
+            matrix = _sym_matrix(genes[sel], y2[sel, p], n)[active][:, active]
+            if not np.any(matrix.data):
+                continue
+            if len(active) <= 3000:  # dense is exact and fast at this size
+                vals, vecs = np.linalg.eigh(matrix.toarray())
+            else:
+                v0 = np.random.default_rng(0).normal(size=len(active))
+                try:
+                    vals, vecs = eigsh(matrix, k=m, which="LM", v0=v0, tol=1e-4)
+                except ArpackNoConvergence as exc:  # keep the converged ones
+                    vals, vecs = exc.eigenvalues, exc.eigenvectors
+            order = np.argsort(-np.abs(vals))[:m]
+            vecs = vecs[:, order] * np.sqrt(len(active))
+            vecs *= np.where(vecs[np.abs(vecs).argmax(0), np.arange(vecs.shape[1])] < 0, -1.0, 1.0)  # fixed signs
+            basis[active, p, : vecs.shape[1]] = vecs
+        total = np.zeros((n, len(cols), k))
+        count = np.zeros((n, len(cols)))
+        for s in range(2, MAX_SET + 1):
+            sel = rows[sizes == s]
+            if not len(sel):
+                continue
+            members = data.gene_index[data.offsets[sel][:, None] + np.arange(s)].astype(np.int64)
+            keep = (members < n).all(1)
+            members, y = members[keep], (data.phenotypes[sel[keep]][:, list(cols)].astype(np.float64) - mean) / std
+            has = ~np.isnan(y)
+            summed = basis[members].sum(1)  # (R, P, k)
+            for i in range(s):
+                other = (summed - basis[members[:, i]]) / (s - 1)
+                for p in range(len(cols)):
+                    onto = sp.csr_matrix((np.where(has[:, p], y[:, p], 0.0), (members[:, i], np.arange(len(y)))),
+                                         shape=(n, len(y)))  # fmt: skip
+                    total[:, p] += onto @ other[:, p]
+                    count[:, p] += np.bincount(members[:, i], has[:, p], n)
+        self.basis.copy_(torch.from_numpy(basis.astype(np.float32)))
+        self.total.copy_(torch.from_numpy(total.astype(np.float32)))
+        self.count.copy_(torch.from_numpy(count.astype(np.float32)))
+
+    def tokens(
+        self,
+        members: torch.Tensor,
+        sizes: torch.Tensor,
+        own: torch.Tensor | None,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        hidden: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(N, P·k) profiles; ``own`` (B, P): the batch's values when its records are training records (they are
+        removed from the profiles first); ``hidden`` (N,) genes read as genes without records (zeros)."""
+        total = self.total
+        if own is not None:
+            valid = (sizes >= 2) & (sizes <= MAX_SET) & (((members >= 0) & (members < self.num_genes)).sum(1) == sizes)
+            y = torch.nan_to_num((own.to(total.dtype) - mean) / std) * valid[:, None]
+            g = members.clamp(0, self.num_genes - 1)
+            u = self.basis[g] * (members >= 0)[..., None, None]  # (B, W, P, k)
+            summed = u.sum(1)
+            for i in range(members.shape[1]):
+                other = (summed - u[:, i]) / (sizes - 1).clamp_min(1)[:, None, None]
+                active = (sizes > i)[:, None, None]
+                total = total.index_add(0, g[:, i], -(y[..., None] * other * active))
+        out = total / self.count.clamp_min(1).sqrt()[..., None]
+        if hidden is not None:
+            out = out * ~hidden[:, None, None]
+        return out.flatten(1)
+
+
 # ---------------------------------------------------------------------- the readout features
 class RecordFeatures(nn.Module):
     """Readout and token inputs of CellFormer computed from the graphs and the training records.
@@ -248,6 +382,7 @@ class RecordFeatures(nn.Module):
         pair_graph, smoothing, member_singles, member_pairs, additive, label_inputs: which features are on.
         additive_folds: folds of the cross-fitted additive estimate.
         smoothing_neighbours: neighbours kept per gene for the substitution estimate.
+        profile_dim: dimensions of the interaction-profile token inputs per phenotype (0 = none).
     """
 
     def __init__(
@@ -264,6 +399,7 @@ class RecordFeatures(nn.Module):
         label_inputs: bool = True,
         additive_folds: int = 5,
         smoothing_neighbours: int = 64,
+        profile_dim: int = 0,
     ):
         super().__init__()
         self.num_genes, self.phenotype_names = num_genes, list(phenotype_names)
@@ -286,6 +422,7 @@ class RecordFeatures(nn.Module):
         self.register_buffer("single_value", torch.zeros(num_genes, P))  # standardised mean single mutant
         self.register_buffer("single_has", torch.zeros(num_genes, P))
         self.register_buffer("label_features", torch.zeros(num_genes, G * (P + 1) if self.label_inputs else 0))
+        self.profiles = InteractionProfiles(num_genes, P, profile_dim) if profile_dim > 0 else None
         self.additive = None
         if additive:
             from cellformer.models.baselines.additive import CrossFittedAdditive
@@ -297,7 +434,8 @@ class RecordFeatures(nn.Module):
         P = len(self.phenotype_names)
         widths = {"pair_graph": len(self.graph_names) * self.pair_graph, "smoothing": 2 * P * self.smoothing,
                   "member_singles": 3 * P * self.member_singles, "member_pairs": 2 * P * self.member_pairs,
-                  "additive": 2 * P * (self.additive is not None)}  # fmt: skip
+                  "additive": 2 * P * (self.additive is not None),
+                  "profile_pairs": self.profiles.width if self.profiles is not None else 0}  # fmt: skip
         out, start = {}, 0
         for name, w in widths.items():
             if w:
@@ -312,8 +450,30 @@ class RecordFeatures(nn.Module):
 
     @property
     def token_width(self) -> int:
-        """Width of the per-gene token inputs (``label_features``)."""
-        return self.label_features.shape[1]
+        """Width of the per-gene token inputs (:meth:`token_inputs`)."""
+        return self.label_features.shape[1] + (self.profiles.width if self.profiles is not None else 0)
+
+    @torch.no_grad()
+    def token_inputs(
+        self,
+        batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        own: torch.Tensor | None = None,
+        hidden: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
+        """(N, :attr:`token_width`) per-gene inputs: neighbour labels, then interaction profiles (None if none).
+
+        ``batch`` (gene_index, ptr, batch ids) and ``own`` (B, P) values: the training batch whose records leave
+        the profiles for this step (None outside training). ``hidden`` (N,): genes without records this step.
+        """
+        if self.token_width == 0:
+            return None
+        parts = [self.label_features] if self.label_features.shape[1] else []
+        if self.profiles is not None:
+            members, sizes = (None, None) if batch is None else padded_members(*batch)
+            parts.append(self.profiles.tokens(members, sizes, own if batch is not None else None, mean, std, hidden))
+        return torch.cat(parts, dim=1)
 
     # ------------------------------------------------------------------ fitting
     def fit(self, data: PerturbationData, train_rows: np.ndarray, mean, std) -> None:
@@ -329,6 +489,8 @@ class RecordFeatures(nn.Module):
             self.label_features.copy_(torch.from_numpy(self._neighbour_labels(value, has)))
         if self.sets is not None:
             self.sets.fit(data, rows, cols)
+        if self.profiles is not None:
+            self.profiles.fit(data, rows, cols, mean, std)
         if self.additive is not None:
             self.additive.fit(data, rows, self.phenotype_names, mean, std)
 
@@ -372,9 +534,12 @@ class RecordFeatures(nn.Module):
         std: torch.Tensor,
         training: bool = False,
         hidden: torch.Tensor | None = None,
+        token_inputs: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """(B, :attr:`width`) readout features of a CSR batch (None when every feature is off).
 
+        ``token_inputs``: the (N, :attr:`token_width`) per-gene inputs of this pass (:meth:`token_inputs`), whose
+        interaction profiles the ``profile_pairs`` feature multiplies (computed afresh when not given).
         ``mean``/``std`` (P,): the model's target scaling. ``training``: the sets are training records (a
         single hides its own value; the additive estimate is cross-fitted). ``hidden`` (N,) bool: genes whose
         records are hidden in this step.
@@ -403,6 +568,15 @@ class RecordFeatures(nn.Module):
             parts.append(self._member_pairs(members, sizes, known, hidden, mean, std))
         if self.additive is not None:
             parts.append(self.additive(gene_index, types, ptr, mean, std, training, member_hidden))
+        if self.profiles is not None:
+            if token_inputs is None:
+                token_inputs = self.token_inputs(None, mean, std, hidden=hidden)
+            profile = token_inputs[:, self.label_features.shape[1] :]
+            a, b = members[:, _PAIR_I], members[:, _PAIR_J]
+            ok = (known[:, _PAIR_I] & known[:, _PAIR_J]).float()[..., None]
+            n = self.num_genes
+            product = profile[a.clamp(0, n - 1)] * profile[b.clamp(0, n - 1)] * ok  # (B, pairs, P·k)
+            parts.append(product.sum(1) / ok.sum(1).clamp_min(1))
         return torch.cat(parts, dim=1)
 
     def _pair_graph(self, members: torch.Tensor, sizes: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
