@@ -1,10 +1,10 @@
 """The ``cellformer`` command: dispatches to the data, training and query sub-commands.
 
 Every sub-command reports a :class:`~cellformer.errors.UserError` (bad input: a file, a flag, a config
-value) as one ``error: …`` line on stderr and exits with status 2, without a traceback. ``--debug``
-(anywhere on the command line) or ``CELLFORMER_DEBUG=1`` adds the traceback. Any other exception is a
-bug: it keeps its traceback (exit status 1). Output cut short by a closed pipe (``cellformer data info |
-head``) ends quietly.
+value) as one ``error: …`` line on stderr (cut to :data:`~cellformer.errors.MAX_MESSAGE` characters) and
+exits with status 2, without a traceback. ``--debug`` (anywhere on the command line) or
+``CELLFORMER_DEBUG=1`` adds the traceback. Any other exception is a bug: it keeps its traceback (exit
+status 1). Output cut short by a closed pipe (``cellformer data info | head``) ends quietly.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from cellformer.errors import UserError
+from cellformer.errors import MAX_MESSAGE, UserError, shorten
 
 USAGE = """usage: cellformer <command> [options]
 
@@ -64,7 +64,7 @@ def run_reporting_errors(prog: str, func: Callable[[], int]) -> int:
     except UserError as exc:
         if debug_requested():
             traceback.print_exc(file=sys.stderr)
-        message = " ".join(str(exc).split("\n")) or type(exc).__name__
+        message = shorten(" ".join(str(exc).split("\n")) or type(exc).__name__, MAX_MESSAGE)
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
     except BrokenPipeError:

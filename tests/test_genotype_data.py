@@ -116,7 +116,9 @@ def test_table_pm1_csv_gz_positions_from_names(tmp_path):
         tmp_path / "geno.csv.gz",
         "id,27915_chr01_27915_T_C,chrXVI:120_A_G,snp7\nx1,1,-1,0\nx2,-1,+1,1\nx3,-1,-1,-1\n",
     )
-    data, report = read_genotype_table(geno, None)
+    with pytest.raises(UserError, match=r"geno.csv.gz:2: marker 'snp7': call '0'.*both 0 \(1\) and -1 \(5\)"):
+        read_genotype_table(geno, None)  # 0 and -1 together: neither coding, so it is said, not guessed
+    data, report = read_genotype_table(geno, None, allele_coding="pm1")  # a 0 in a ±1 table is missing
     np.testing.assert_array_equal(data.genotypes, [[1, -1, 0], [-1, 1, 1], [-1, -1, -1]])
     assert data.loci.chrom.tolist() == [1, 16, 0] and data.loci.pos.tolist() == [27915, 120, -1]
     assert data.phenotypes.shape == (3, 0) and data.phenotype_names == []

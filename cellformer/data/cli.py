@@ -2,7 +2,9 @@
 
 Sub-commands: ``simulate``, ``import``, ``info`` (here) and ``import-graph``, ``import-screen``, ``fetch``
 (registered by :mod:`cellformer.data.importers.cli` when present). Each sub-command sets
-``func(args) -> int``; user errors print one line to stderr and exit with status 2.
+``func(args) -> int``; user errors print one line to stderr and exit with status 2. Every output file
+follows :func:`cellformer.paths.check_outputs` (never an input, never another output, an existing file
+only with ``--force``), checked before anything is read.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 
 from cellformer.defaults import DEFAULT_DATASET, YEAST_GRAPHS
 from cellformer.errors import UserError
+from cellformer.paths import check_outputs
 
 PROG = "cellformer data"
 
@@ -41,8 +44,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from cellformer.graphs import yeast_graphs
 
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise UserError(f"{out} already exists; pass --force to overwrite it")
+    check_outputs({"--out": out}, force=args.force)
     genome = yeast_genome()
     graphs, _ = yeast_graphs([args.truth_graph], genome=genome)
     data = simulate(
@@ -63,18 +65,18 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- import
 def _cmd_import(args: argparse.Namespace) -> int:
-    from cellformer.data.dataset import check_output_path, split_overlap
+    from cellformer.data.dataset import split_overlap
     from cellformer.data.splits import random_split
     from cellformer.data.table import import_table
 
     table = Path(args.table)
     out = Path(args.out) if args.out else table.with_name(table.name.split(".")[0] + ".h5")
-    check_output_path(out, [table, args.genome])
-    if out.exists() and not args.force:
-        raise UserError(f"{out} already exists; pass --force to overwrite it")
-    genome = _load_genome(args.genome)
     rejects = Path(args.rejects) if args.rejects else out.with_name(out.name.split(".")[0] + ".rejects.tsv")
+    check_outputs({"--out": out, "--rejects": rejects}, {"TABLE": table, "--genome": args.genome}, force=args.force)
+    genome = _load_genome(args.genome)
     data, report = import_table(table, genome, skip_bad_rows=args.skip_bad_rows, rejects_path=rejects)
+    if report.rejects_path is None:
+        rejects.unlink(missing_ok=True)  # an earlier import's rejects must not outlive it
     if data.split is None:
         data.split = random_split(len(data), seed=args.seed)
         print(f"no 'split' column: assigned a random 80/10/10 split (seed {args.seed})")
@@ -171,16 +173,17 @@ def _cmd_import_genotypes(args: argparse.Namespace) -> int:
     from cellformer.genotype.importers import read_genotype_table, read_npy_splits
 
     src, out = Path(args.genotypes), Path(args.out)
-    if out.exists() and not args.force:
-        raise UserError(f"{out} already exists; pass --force to overwrite it")
     fmt = args.format or ("npy-splits" if src.is_dir() else "table")
+    rejects = None
+    if fmt == "table":
+        rejects = Path(args.rejects) if args.rejects else out.with_name(out.name.split(".")[0] + ".rejects.tsv")
+    inputs = {"GENO": src, "--phenotypes": args.phenotypes, "--markers": args.markers}
+    check_outputs({"--out": out, "--rejects": rejects}, inputs, force=args.force)
     if fmt == "npy-splits":
         if args.phenotypes:
             raise UserError("--phenotypes is for --format table; npy-splits reads pheno_{train,val,test}.npy")
         data = read_npy_splits(src, marker_table=args.markers)
     else:
-        rejects = Path(args.rejects) if args.rejects else out.with_name(out.name.split(".")[0] + ".rejects.tsv")
-        rejects.unlink(missing_ok=True)  # a previous import's rejects must not outlive it
         data, report = read_genotype_table(
             src,
             args.phenotypes,
@@ -189,6 +192,8 @@ def _cmd_import_genotypes(args: argparse.Namespace) -> int:
             reference_allele=args.reference_allele,
             rejects=rejects,
         )
+        if report.rejects_path is None:
+            rejects.unlink(missing_ok=True)  # an earlier import's rejects must not outlive it
         print(report.summary())
         if data.split is None:
             data.split = random_genotype_split(len(data), val=args.val, test=args.test, seed=args.seed)
@@ -202,8 +207,7 @@ def _cmd_simulate_genotypes(args: argparse.Namespace) -> int:
     from cellformer.genotype.simulate import simulate_genotypes
 
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise UserError(f"{out} already exists; pass --force to overwrite it")
+    check_outputs({"--out": out}, force=args.force)
     data = simulate_genotypes(
         n_samples=args.samples,
         n_loci=args.loci,
@@ -358,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rejects", default=None, help="TSV for skipped rows (default: <out>.rejects.tsv)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random split when the table has none")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files (--out, --rejects)")
     p.set_defaults(func=_cmd_import)
 
     p = sub.add_parser(

@@ -6,12 +6,16 @@ starting with ``#`` are skipped (line numbers in messages are physical lines of 
 * ``genes`` (required): the perturbed genes, separated by ``;``: systematic or standard names, any
   case (resolved with :meth:`Genome.index`).
 * ``types`` (optional): one perturbation type per gene, separated by ``;``: ``deletion``,
-  ``knockdown``, ``overexpression``, ``addition``. Default (column absent or empty): all deletion.
-* ``split`` (optional): ``train``, ``val`` or ``test`` (empty: unassigned).
+  ``knockdown``, ``overexpression``, ``addition``. Default (column absent or empty): deletion, and
+  addition for the genome's added (heterologous) genes. ``addition`` is for added genes only, and added
+  genes take nothing else (the rule of ``cellformer predict``).
+* ``split`` (optional): ``train``, ``val`` or ``test``; empty: unassigned, a record no training or
+  evaluation uses (the import report says how many, with the first line).
 * ``condition`` (optional): free text, e.g. ``DMA30``.
-* every other column is a numeric phenotype, named by its header; the :data:`MISSING_VALUES` (``''``,
-  ``NA``, ``N/A``, ``nan``, ``null``, ``none``, any case) are "not measured" (NaN). Values must fit a
-  float32 (magnitude below about 3.4e38).
+* every other column is a numeric phenotype, named by its header (an import needs at least one, and at
+  least one measured value); the :data:`MISSING_VALUES` (``''``, ``NA``, ``N/A``, ``nan``, ``null``,
+  ``none``, any case) are "not measured" (NaN). Values must be finite and fit a float32 (magnitude below
+  about 3.4e38): :func:`parse_value`, the rule of every importer (screens and genotype phenotypes too).
 
 A UTF-8 byte-order mark at the start of the file is ignored.
 
@@ -30,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from cellformer.data.dataset import SPLITS, PerturbationData, PerturbationType
-from cellformer.errors import UserError
+from cellformer.errors import UserError, shorten
 from cellformer.genome.genome import Genome, UnknownGeneError, open_text
 
 RESERVED_COLUMNS = ("genes", "types", "split", "condition")
@@ -56,9 +60,11 @@ def split_gene_names(text: str) -> list[str]:
 
 
 def parse_value(raw: str, column: str) -> float:
-    """A phenotype value: NaN for :data:`MISSING_VALUES`, else a finite number that fits a float32.
+    """A numeric cell: NaN for :data:`MISSING_VALUES`, else a finite number that fits a float32.
 
-    Raises ``ValueError`` with a message naming the column (the callers add file and line).
+    The one rule of every importer (perturbation tables, published screens, genotype phenotype tables):
+    ``inf``, ``-inf`` and overflowing values are refused, never stored. Raises ``ValueError`` with a
+    message naming the column (the callers add file and line).
     """
     v = raw.strip()
     if v.lower() in MISSING_VALUES:
@@ -66,12 +72,20 @@ def parse_value(raw: str, column: str) -> float:
     try:
         x = float(v)
     except ValueError:
-        raise ValueError(f"{column}: {v!r} is not a number (use NA or leave empty)") from None
+        raise ValueError(f"{column}: {shorten(v)!r} is not a number (use NA or leave empty)") from None
     if not math.isfinite(x):
-        raise ValueError(f"{column}: {v!r} is not a finite number")
+        raise ValueError(f"{column}: {shorten(v)!r} is not a finite number")
     if abs(x) > FLOAT32_MAX:
-        raise ValueError(f"{column}: {v!r} is too large to store (float32 holds magnitudes up to about 3.4e38)")
+        raise ValueError(
+            f"{column}: {shorten(v)!r} is too large to store (float32 holds magnitudes up to about 3.4e38)"
+        )
     return x
+
+
+def _listing(names: list[str], n: int = 10) -> str:
+    """The first ``n`` names (each cut short) for a message, and how many there are in all."""
+    more = f", … ({len(names)} in all)" if len(names) > n else ""
+    return ", ".join(shorten(x) for x in names[:n]) + more
 
 
 class TableImportError(UserError):
@@ -213,19 +227,26 @@ class _Parser:
         self.path, self.genome = path, genome
         names = [h.strip() for h in header]
         lower = [h.lower() for h in names]
-        dupes = sorted({h for h in names if names.count(h) > 1})
+        dupes = sorted(h for h, c in Counter(names).items() if c > 1)  # linear: headers may be very wide
         if dupes:
-            raise TableImportError(path, line, f"duplicate column name(s) in the header: {', '.join(dupes)}")
+            raise TableImportError(path, line, f"duplicate column name(s) in the header: {_listing(dupes)}")
         if "genes" not in lower:
-            raise TableImportError(
-                path, line, f"the header has no 'genes' column (found: {', '.join(names) or 'nothing'})", "header"
-            )
+            found = _listing(names) or "nothing"
+            raise TableImportError(path, line, f"the header has no 'genes' column (found: {found})", "header")
         if "" in names:
             raise TableImportError(path, line, "the header has an empty column name", "header")
         self.width = len(names)
         self.col = {k: lower.index(k) for k in RESERVED_COLUMNS if k in lower}
         self.pheno_cols = [i for i, h in enumerate(lower) if h not in RESERVED_COLUMNS] if phenotypes else []
         self.phenotype_names = [names[i] for i in self.pheno_cols]
+        if phenotypes and not self.pheno_cols:
+            raise TableImportError(
+                path,
+                line,
+                "the header has no phenotype column (every column other than genes, types, split and condition "
+                "is a numeric phenotype)",
+                "header",
+            )
 
     def parse(self, fields: list[str], line: int) -> _Row:
         def fail(problem: str, kind: str) -> TableImportError:
@@ -267,14 +288,29 @@ class _Parser:
             except ValueError as e:
                 raise fail(str(e), "bad_type") from None
         else:
-            types = np.full(len(genes), int(PerturbationType.DELETION), dtype=np.int8)
+            types = np.where(
+                self.genome.added[genes], int(PerturbationType.ADDITION), int(PerturbationType.DELETION)
+            ).astype(np.int8)
+        addition = types == int(PerturbationType.ADDITION)
+        wrong = addition != self.genome.added[genes]
+        if wrong.any():
+            j = int(np.flatnonzero(wrong)[0])
+            g = self.genome.display(int(genes[j]))
+            if addition[j]:
+                raise fail(
+                    f"gene {g} is a genome gene; type 'addition' is for added (heterologous) genes "
+                    "(for more of a native gene use overexpression)",
+                    "bad_type",
+                )
+            raise fail(f"gene {g} is an added gene; its type must be 'addition'", "bad_type")
         split = -1
         if "split" in self.col:
             raw_split = fields[self.col["split"]].strip().lower()
             if raw_split:
                 if raw_split not in SPLITS:
                     raise fail(
-                        f"split {fields[self.col['split']].strip()!r} is not one of train, val, test (or empty)",
+                        f"split {shorten(fields[self.col['split']].strip())!r} is not one of train, val, test "
+                        "(or empty)",
                         "bad_split",
                     )
                 split = SPLITS[raw_split]
@@ -340,6 +376,16 @@ def import_table(
             report.reject(lineno, e.kind, e.problem)
             rejects.append(f"{line}\tline {lineno}: {e.problem}")
     report.imported = len(rows)
+    if rows and all(math.isnan(v) for r in rows for v in r.values):
+        raise TableImportError(
+            path, None, f"no measured phenotype value in {len(rows)} rows (every value is empty or NA)", "empty"
+        )
+    unassigned = [r.line for r in rows if r.split == -1] if "split" in parser.col else []
+    if unassigned:
+        report.notes.append(
+            f"{len(unassigned)} rows have an empty split (first on line {unassigned[0]}): stored as unassigned, "
+            "they are used by no training or evaluation"
+        )
     if rejects_path is not None and rejects:
         rejects_path = Path(rejects_path)
         rejects_path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cellformer.errors import UserError
+from cellformer.errors import MAX_ECHO, UserError, shorten
 from cellformer.genome.sequence import SEQUENCE_FEATURE_DIM, sequence_features
 
 
@@ -27,7 +27,7 @@ class UnknownGeneError(UserError, KeyError):
         self.suggestions = list(suggestions)
         hint = f"; close matches: {', '.join(self.suggestions)}" if self.suggestions else ""
         where = f"{context}: " if context else ""
-        super().__init__(f"{where}unknown gene {name!r}{hint}")
+        super().__init__(f"{where}unknown gene {shorten(name)!r}{hint}")
 
     def __str__(self) -> str:  # KeyError quotes its message otherwise
         return str(self.args[0])
@@ -46,6 +46,20 @@ def open_text(path: str | Path, what: str = "file"):
     if path.is_dir():
         raise UserError(f"{what} {path} is a directory, not a file")
     return _TextLines(path, what)
+
+
+def _undecodable_line(path: Path) -> int | None:
+    """The number of the first line of ``path`` (``.gz`` decompressed) that is not UTF-8, if any."""
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as fh:
+            for n, raw in enumerate(fh, start=1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    return n
+    except (OSError, EOFError, zlib.error):
+        return None
+    return None
 
 
 class _TextLines:
@@ -75,9 +89,8 @@ class _TextLines:
         try:
             line = next(self._fh)
         except UnicodeDecodeError:
-            raise UserError(
-                f"{self.what} {self.path}:{self.line + 1}: not UTF-8 text (is it a binary file?)"
-            ) from None
+            line = _undecodable_line(self.path) or self.line + 1  # text is decoded ahead, in blocks
+            raise UserError(f"{self.what} {self.path}:{line}: not UTF-8 text (is it a binary file?)") from None
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise UserError(f"{self.what} {self.path}: truncated or corrupt gzip file ({exc})") from None
         except OSError as exc:
@@ -209,6 +222,8 @@ class Genome:
     def close_matches(self, name: str, n: int = 5) -> list[str]:
         """Gene ids or aliases that look like ``name`` (for error messages)."""
         key = str(name).strip().upper()
+        if len(key) > 4 * MAX_ECHO:  # no gene name is that long: nothing is close (and matching would be slow)
+            return []
         pool = list(self._index) + list(self._alias_index)
         matches = difflib.get_close_matches(key, pool, n=n, cutoff=0.6)
         return [self.display(self.lookup(m)) for m in matches]

@@ -14,7 +14,8 @@ On disk (HDF5, gzip-compressed, see ``data/README.md``)::
     /loci/gene            (L,)   utf-8    nearest gene ("" = unknown)
     /truth/...            simulator ground truth (absent for real data); keys starting with
                           ``sample_`` are per sample and follow the samples in subset()
-    attrs: format = "cellformer-genotypes", version = 1, plus free-form provenance strings
+    attrs: format = "cellformer-genotypes", version = 1, plus free-form provenance strings; ``alleles``
+           (JSON) records how the source's calls were coded (see :attr:`GenotypeData.alleles`)
 
 The file is written to a temporary name next to the target and renamed into place, so an interrupted
 write never leaves a half-written dataset behind.
@@ -22,7 +23,9 @@ write never leaves a half-written dataset behind.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,6 +186,35 @@ class GenotypeData:
 
     def __len__(self) -> int:
         return int(self.genotypes.shape[0])
+
+    @property
+    def alleles(self) -> dict[str, str] | None:
+        """How the source's allele calls map to the stored ±1: ``{"coding": "letters" | "01" | "pm1", "plus":
+        the call stored as +1, "minus": the call stored as -1}``; None when unknown.
+
+        Imports record it (attribute ``alleles``); for files written before, it is read from the import
+        note (``allele_coding``); simulated data (which has a ground truth) is ±1 as it stands.
+        """
+        raw = self.attrs.get("alleles")
+        if raw:
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                value = None
+            if isinstance(value, dict) and {"coding", "plus", "minus"} <= set(value):
+                return {k: str(value[k]) for k in ("coding", "plus", "minus")}
+        note = self.attrs.get("allele_coding", "")
+        m = re.search(r"letters (\S+)/(\S+); \S+ read as \+1", note)
+        if m:
+            return {"coding": "letters", "plus": m.group(1), "minus": m.group(2)}
+        m = re.search(r"alleles coded (0/1|-1/\+1); (\S+) read as \+1", note)
+        if m:
+            coding = "01" if m.group(1) == "0/1" else "pm1"
+            lo, hi = ("0", "1") if coding == "01" else ("-1", "1")
+            return {"coding": coding, "plus": m.group(2), "minus": lo if m.group(2) == hi else hi}
+        if self.truth is not None or self.attrs.get("layout") == "npy-splits":
+            return {"coding": "pm1", "plus": "1", "minus": "-1"}
+        return None
 
     @property
     def num_loci(self) -> int:

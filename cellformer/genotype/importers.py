@@ -11,11 +11,18 @@ Two layouts (see ``data/README.md``, "Genotype datasets"):
 for two-letter tables (e.g. ``B``/``R``) the reference is ``reference_allele`` when given, else the
 first of the two letters seen in the file (reading order); for 0/1 tables ``1`` is +1 and ``0`` is -1
 unless ``reference_allele="0"``; ±1 tables are kept as they are unless ``reference_allele="-1"``.
-``NA``, ``NaN``, empty, ``-``, ``.`` and ``N`` (any case) are missing calls (0).
+``NA``, ``NaN``, empty, ``-``, ``.`` and ``N`` (any case) are missing calls (0), and so is a ``0`` in a
+±1 table. The coding is decided from the whole file: a file mixing letters and numbers, or holding both
+``0`` and ``-1`` calls (a 0/1 table with a stray -1, or a ±1 table with zeros), is an error naming the
+first offending line and marker unless ``allele_coding`` says which it is. The dataset records the
+coding (:attr:`GenotypeData.alleles <cellformer.genotype.data.GenotypeData.alleles>`: which call is +1,
+which -1); a checkpoint carries it on, and query tables are read with it (``alleles=``), so that a
+prediction never depends on the order of a query file's rows.
 
 **Bad rows** (wrong number of fields, an unknown allele code, a duplicate or empty sample id, a
 non-numeric phenotype) do not stop the import: each is reported as ``file:line: problem``, counted in
 the :class:`~cellformer.data.table.ImportReport` and written to the rejects file when one is given.
+With ``strict=True`` (query tables) a bad row is an error naming its line instead.
 Samples with genotypes but no phenotype row are kept (phenotypes NaN) and counted; phenotype rows
 without a genotyped sample cannot be used and are counted and named in the report. Nothing is dropped
 silently. The report's ``rows`` / ``imported`` / ``rejected`` count genotype-table rows plus
@@ -25,7 +32,7 @@ genotypes, and which markers have no position.
 
 from __future__ import annotations
 
-import math
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -33,8 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from cellformer.data.dataset import SPLITS
-from cellformer.data.table import ImportReport
-from cellformer.errors import UserError
+from cellformer.data.table import ImportReport, parse_value
+from cellformer.errors import UserError, shorten
 from cellformer.genome.genome import open_text
 from cellformer.genotype.data import GenotypeData, Loci
 
@@ -54,12 +61,15 @@ _CHR_IN_NAME = re.compile(r"(?:^|[_:.\-|])chr(?:omosome)?[_]?([0-9]+|[ivxlc]+)[_
 class _Rejects:
     """Collects rejected rows for the report and the rejects file."""
 
-    def __init__(self, report: ImportReport):
+    def __init__(self, report: ImportReport, strict: bool = False):
         self.report = report
+        self.strict = strict
         self.lines: list[tuple[int, int, str]] = []
         self.files: dict[str, int] = {}
 
     def add(self, path: Path, line: int, kind: str, problem: str, raw: str) -> None:
+        if self.strict:
+            raise UserError(f"{path}:{line}: {problem}")
         self.report.reject(line, kind, f"{path.name}: {problem}")
         self.files.setdefault(str(path), len(self.files))
         self.lines.append((self.files[str(path)], line, f"{path}\t{line}\t{kind}\t{problem}\t{raw}"))
@@ -224,30 +234,82 @@ def _loci_for(ids: list[str], markers: dict[str, tuple[int, int, str]] | None, r
 
 
 # ---------------------------------------------------------------------- genotype table
-def _coding(tokens: Counter, allele_coding: str, reference_allele: str | None, first_seen: list[str]) -> dict:
-    """``{token: +1/-1}`` for the coding; the note on how it was chosen is the ``"_note"`` entry."""
-    calls = {t: c for t, c in tokens.items() if t not in MISSING_CALLS}
-    numeric = {t for t in calls if re.fullmatch(r"[+-]?\d+(\.0*)?", t)}
+_NUMBER = re.compile(r"[+-]?\d+(\.0*)?")
+
+
+def _is_number(token: str) -> bool:
+    return bool(_NUMBER.fullmatch(token))
+
+
+def _label(coding: str) -> str:
+    return {"01": "0/1", "pm1": "-1/+1", "letters": "letters"}[coding]
+
+
+def alleles_note(alleles: dict[str, str]) -> str:
+    """``alleles coded as letters R/B; R read as +1 (reference)`` for an allele record."""
+    coding, plus, minus = alleles["coding"], alleles["plus"], alleles["minus"]
+    if coding == "letters":
+        return f"alleles coded as letters {plus}/{minus}; {plus} read as +1 (reference)"
+    return f"alleles coded {_label(coding)}; {plus} read as +1 (reference)"
+
+
+def _decide_coding(
+    path: Path,
+    tokens: Counter,
+    first_at: dict[str, tuple[int, str]],
+    allele_coding: str,
+    reference_allele: str | None,
+    first_seen: list[str],
+) -> dict[str, str]:
+    """The allele record ``{"coding", "plus", "minus"}`` of a table, decided from all of its calls.
+
+    ``first_at`` gives the line and marker of each call's first occurrence, for the message when the
+    file mixes codings.
+    """
     if allele_coding not in ALLELE_CODINGS:
         raise UserError(f"unknown allele coding {allele_coding!r}; expected one of {', '.join(ALLELE_CODINGS)}")
+    calls = {t: c for t, c in tokens.items() if t not in MISSING_CALLS}
+    numeric = {t for t in calls if _is_number(t)}
+
+    def where(ts) -> str:
+        t = min(ts, key=lambda x: first_at[x])
+        line, marker = first_at[t]
+        return f"{path}:{line}: marker {marker!r}: call {shorten(t)!r}"
+
     coding = allele_coding
     if coding == "auto":
         n_num = sum(calls[t] for t in numeric)
-        n_let = sum(c for t, c in calls.items() if t not in numeric)
-        if n_num >= n_let and n_num:
-            coding = "pm1" if any(float(t) == -1 for t in numeric) else "01"
+        letters = [t for t in calls if t not in numeric]
+        n_let = sum(calls[t] for t in letters)
+        if n_num and n_let:
+            minority = letters if n_let <= n_num else sorted(numeric)
+            raise UserError(
+                f"{where(minority)} mixes letter and numeric allele calls ({n_let} letter, {n_num} numeric "
+                "calls in the file); give one coding (--coding letters, 01 or pm1)"
+            )
+        if n_num:
+            zeros = [t for t in numeric if float(t) == 0]
+            minus = [t for t in numeric if float(t) == -1]
+            if zeros and minus:
+                n0, n1 = sum(calls[t] for t in zeros), sum(calls[t] for t in minus)
+                raise UserError(
+                    f"{where(minus if n1 <= n0 else zeros)}: the file holds both 0 ({n0}) and -1 ({n1}) calls, "
+                    "so it is neither a 0/1 nor a -1/+1 table; say which with --coding 01 (a -1 is then a bad "
+                    "call) or --coding pm1 (a 0 is then missing)"
+                )
+            coding = "pm1" if minus else "01"
         elif n_let:
             coding = "letters"
         else:
-            raise UserError("the genotype table has no allele calls (every call is missing)")
+            raise UserError(f"{path}: the genotype table has no allele calls (every call is missing)")
     if coding in ("01", "pm1"):
         lo, hi = (0.0, 1.0) if coding == "01" else (-1.0, 1.0)
-        mapping = {t: (1 if float(t) == hi else -1) for t in numeric if float(t) in (lo, hi)}
-        if not mapping:
+        if not any(float(t) in (lo, hi) for t in numeric):
             raise UserError(
                 f"the genotype table has no {lo:g}/{hi:g} allele calls for the {coding} coding "
                 f"(found {_examples(calls)})"
             )
+        plus, minus = f"{hi:g}", f"{lo:g}"
         if reference_allele is not None:
             try:
                 ref = float(reference_allele)
@@ -256,11 +318,8 @@ def _coding(tokens: Counter, allele_coding: str, reference_allele: str | None, f
             if ref not in (lo, hi):
                 raise UserError(f"reference allele {reference_allele!r} is not one of {lo:g}, {hi:g}")
             if ref == lo:
-                mapping = {t: -v for t, v in mapping.items()}
-        ref_txt = f"{(hi if reference_allele is None or float(reference_allele) == hi else lo):g}"
-        label = "0/1" if coding == "01" else "-1/+1"
-        mapping["_note"] = f"alleles coded {label}; {ref_txt} read as +1 (reference)"
-        return mapping
+                plus, minus = minus, plus
+        return {"coding": coding, "plus": plus, "minus": minus}
     letters = [t for t, _ in sorted(((t, c) for t, c in calls.items() if t not in numeric), key=lambda x: -x[1])]
     if not letters:
         raise UserError(f"the genotype table has no letter allele calls (found {_examples(calls)})")
@@ -278,7 +337,42 @@ def _coding(tokens: Counter, allele_coding: str, reference_allele: str | None, f
         pair = set(letters[:2])
         ref = next(t for t in first_seen if t in pair)
         alt = next(t for t in letters[:2] if t != ref)
-    return {ref: 1, alt: -1, "_note": f"alleles coded as letters {ref}/{alt}; {ref} read as +1 (reference)"}
+    return {"coding": "letters", "plus": ref, "minus": alt}
+
+
+def check_alleles(alleles: dict) -> dict[str, str]:
+    """An allele record (``{"coding": "letters"|"01"|"pm1", "plus": call, "minus": call}``), checked."""
+    if not isinstance(alleles, dict) or set(alleles) != {"coding", "plus", "minus"}:
+        raise UserError(f"an allele record needs the keys coding, plus and minus; got {alleles!r}")
+    out = {k: str(alleles[k]).strip().upper() for k in ("coding", "plus", "minus")}
+    out["coding"] = str(alleles["coding"]).strip().lower()
+    if out["coding"] not in ALLELE_CODINGS[1:] or out["plus"] == out["minus"]:
+        raise UserError(f"invalid allele record {alleles!r}")
+    if out["coding"] != "letters":
+        try:
+            out["plus"], out["minus"] = (f"{float(out[k]):g}" for k in ("plus", "minus"))
+        except ValueError:
+            raise UserError(f"invalid allele record {alleles!r}") from None
+    return out
+
+
+def _lookup_table(alleles: dict[str, str], tokens: Counter) -> dict[str, int]:
+    """``{call: +1 / -1 / 0}`` for every call of the file that the allele record reads (others are bad)."""
+    lut = {t: 0 for t in MISSING_CALLS}
+    if alleles["coding"] == "letters":
+        lut[alleles["plus"]], lut[alleles["minus"]] = 1, -1
+        return lut
+    plus, minus = float(alleles["plus"]), float(alleles["minus"])
+    for t in tokens:
+        if _is_number(t):
+            v = float(t)
+            if v == plus:
+                lut[t] = 1
+            elif v == minus:
+                lut[t] = -1
+            elif alleles["coding"] == "pm1" and v == 0:  # a 0 in a ±1 table is a missing call
+                lut[t] = 0
+    return lut
 
 
 def _examples(calls: dict[str, int], n: int = 5) -> str:
@@ -296,6 +390,8 @@ def read_genotype_table(
     reference_allele: str | None = None,
     delimiter: str | None = None,
     rejects: str | Path | None = None,
+    alleles: dict[str, str] | None = None,
+    strict: bool = False,
 ) -> tuple[GenotypeData, ImportReport]:
     """Import a samples × markers table and a phenotype table (allele convention in the module docstring).
 
@@ -310,6 +406,10 @@ def read_genotype_table(
         reference_allele: the allele read as +1 (default: ``1``, or the first letter seen).
         delimiter: field separator (default: tab if the header has one, else comma, else whitespace).
         rejects: path of the rejects TSV (file, line, kind, reason, row) written when rows are rejected.
+        alleles: a fixed allele record (``{"coding", "plus", "minus"}``, e.g. a checkpoint's) instead of one
+            decided from the file (then ``allele_coding`` and ``reference_allele`` are not used).
+        strict: a bad row (wrong field count, unknown allele, empty or repeated sample id) is an error
+            naming its line rather than a rejected row (for query tables, whose rows must all be read).
 
     Returns:
         the dataset (no split stored) and the report.
@@ -324,15 +424,16 @@ def read_genotype_table(
         raise UserError(f"{path}:{hline}: empty marker id in the header (column {marker_ids.index('') + 2})")
     dup = next((m for m, c in Counter(marker_ids).items() if c > 1), None)
     if dup is not None:
-        raise UserError(f"{path}:{hline}: marker {dup!r} appears twice in the header")
+        raise UserError(f"{path}:{hline}: marker {shorten(dup)!r} appears twice in the header")
     report = ImportReport(str(path), "genotype-table")
-    rej = _Rejects(report)
+    rej = _Rejects(report, strict)
     width = len(head)
 
     # pass 1 (in memory): fields and allele counts
     rows: list[tuple[int, str, str, list[str]]] = []
     tokens: Counter = Counter()
     first_seen: list[str] = []
+    first_at: dict[str, tuple[int, str]] = {}  # call -> (line, marker) of its first occurrence
     seen_ids: dict[str, int] = {}
     for lineno, line in lines:
         report.rows += 1
@@ -345,25 +446,35 @@ def read_genotype_table(
             rej.add(path, lineno, "empty_sample", "empty sample id", line)
             continue
         if sid in seen_ids:
-            rej.add(path, lineno, "duplicate_sample", f"sample {sid!r} already on line {seen_ids[sid]}", line)
+            rej.add(
+                path, lineno, "duplicate_sample", f"sample {shorten(sid)!r} already on line {seen_ids[sid]}", line
+            )
             continue
         seen_ids[sid] = lineno
         calls = [c.upper() for c in f[1:]]
         tokens.update(calls)
+        new = set(calls).difference(first_at)
+        if new:
+            for j, c in enumerate(calls):
+                if c in new and c not in first_at:
+                    first_at[c] = (lineno, marker_ids[j])
         if len(first_seen) < 2:
             for c in calls:
-                if c not in MISSING_CALLS and c not in first_seen and not re.fullmatch(r"[+-]?\d+(\.0*)?", c):
+                if c not in MISSING_CALLS and c not in first_seen and not _is_number(c):
                     first_seen.append(c)
         rows.append((lineno, line, sid, calls))
     if not rows:
         rej.write(rejects)
         raise UserError(f"{path}: no genotype rows to import ({report.summary()})")
-    mapping = _coding(tokens, allele_coding, reference_allele, first_seen)
-    coding_note = mapping.pop("_note")
+    if alleles is not None:
+        alleles = check_alleles(alleles)
+    else:
+        alleles = _decide_coding(path, tokens, first_at, allele_coding, reference_allele, first_seen)
+    coding_note = alleles_note(alleles)
     report.notes.append(coding_note)
-    lut = {**mapping, **{t: 0 for t in MISSING_CALLS}}
-    if "-1" in mapping or "+1" in mapping:  # ±1 coding: a 0 call is missing
-        lut.update({t: 0 for t in tokens if re.fullmatch(r"[+-]?0+(\.0*)?", t)})
+    lut = _lookup_table(alleles, tokens)
+    allowed = f"{alleles['plus']}/{alleles['minus']} or a missing code (NA, -, N, empty"
+    allowed += ", 0)" if alleles["coding"] == "pm1" else ")"
 
     geno = np.zeros((len(rows), len(marker_ids)), dtype=np.int8)
     sample_ids: list[str] = []
@@ -373,12 +484,12 @@ def read_genotype_table(
             geno[k] = [lut[c] for c in calls]
         except KeyError:
             bad = next(j for j, c in enumerate(calls) if c not in lut)
-            allowed = "/".join(sorted(t for t in mapping)) + " or a missing code (NA, -, N, empty)"
             rej.add(
                 path,
                 lineno,
                 "bad_allele",
-                f"unknown allele code {calls[bad]!r} for marker {marker_ids[bad]!r} (expected {allowed})",
+                f"unknown allele code {shorten(calls[bad])!r} for marker {shorten(marker_ids[bad])!r} "
+                f"(expected {allowed})",
                 line,
             )
             continue
@@ -424,7 +535,12 @@ def read_genotype_table(
         phenotype_names=names,
         loci=loci,
         sample_ids=sample_ids,
-        attrs={"source": str(path), "phenotype_source": str(pheno_path or ""), "allele_coding": coding_note},
+        attrs={
+            "source": str(path),
+            "phenotype_source": str(pheno_path or ""),
+            "allele_coding": coding_note,
+            "alleles": json.dumps(alleles),
+        },
     )
     return data, report
 
@@ -464,17 +580,11 @@ def _read_phenotypes(
             if raw.lower() in MISSING_VALUES:
                 row[j] = np.nan
                 continue
-            try:
-                v = float(raw)
-            except ValueError:
-                v = math.nan
-                bad = f"phenotype {names[j]!r}: {raw!r} is not a number (use NA or leave empty)"
-            else:
-                if not math.isfinite(v):
-                    bad = f"phenotype {names[j]!r}: {raw!r} is not a finite number"
-            if bad:
+            try:  # the rule of every importer: a finite number that fits a float32
+                row[j] = parse_value(raw, f"phenotype {shorten(names[j])!r}")
+            except ValueError as e:
+                bad = str(e)
                 break
-            row[j] = v
         if bad:
             rej.add(path, lineno, "bad_value", bad, line)
             continue
@@ -571,12 +681,19 @@ def read_npy_splits(
         loci=loci,
         sample_ids=ids,
         split=split,
-        attrs={"source": str(directory), "layout": "npy-splits", "splits": ",".join(p[0] for p in parts)},
+        attrs={
+            "source": str(directory),
+            "layout": "npy-splits",
+            "splits": ",".join(p[0] for p in parts),
+            "alleles": json.dumps({"coding": "pm1", "plus": "1", "minus": "-1"}),
+        },
     )
 
 
 __all__ = [
     "ALLELE_CODINGS",
+    "alleles_note",
+    "check_alleles",
     "NPY_PHENOTYPE_NAMES",
     "parse_chromosome",
     "parse_marker_name",

@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from cellformer.graphs.graph import GeneGraph
-from cellformer.models.layers import Block
 from cellformer.models.graph_reg import (
     GraphRegConfig,
     head_log_attention,
@@ -41,6 +40,7 @@ from cellformer.models.graph_reg import (
     row_kl,
     sample_rows,
 )
+from cellformer.models.layers import Block
 
 
 # ---------------------------------------------------------------------- interface

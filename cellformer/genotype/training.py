@@ -49,6 +49,7 @@ class GenotypeContext:
     y_mean: np.ndarray  # (P,) training-split mean of each phenotype
     y_std: np.ndarray  # (P,) training-split standard deviation (1 where undefined)
     graphs: dict[str, GeneGraph] = field(default_factory=dict)
+    alleles: dict[str, str] = field(default_factory=dict)  # the data's allele coding (GenotypeData.alleles)
 
     def standardise(self, y: np.ndarray) -> np.ndarray:
         return ((y - self.y_mean) / self.y_std).astype(np.float32)
@@ -72,6 +73,7 @@ class GenotypeContext:
             "y_mean": torch.as_tensor(self.y_mean, dtype=torch.float64),
             "y_std": torch.as_tensor(self.y_std, dtype=torch.float64),
             "graphs": graphs,
+            "alleles": dict(self.alleles),
         }
 
     @classmethod
@@ -82,7 +84,7 @@ class GenotypeContext:
             adj = sp.csr_matrix((d["data"].numpy(), d["indices"].numpy(), d["indptr"].numpy()), shape=(n, n))
             graphs[name] = GeneGraph(name, adj, d["directed"])
         return cls(list(meta["locus_ids"]), list(meta["phenotype_names"]), meta["y_mean"].numpy(),
-                   meta["y_std"].numpy(), graphs)
+                   meta["y_std"].numpy(), graphs, dict(meta.get("alleles") or {}))
 
 
 def standardisation(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -163,7 +165,8 @@ class GenotypeDataModule(L.LightningDataModule):
             raise UserError("the training split is empty")
         mean, std = standardisation(data.phenotypes[train].astype(np.float64))
         graphs = build_locus_graphs(locus_graphs, data, train)
-        self.context = GenotypeContext(list(data.loci.ids), list(data.phenotype_names), mean, std, graphs)
+        self.context = GenotypeContext(list(data.loci.ids), list(data.phenotype_names), mean, std, graphs,
+                                       getattr(data, "alleles", None) or {})
         self.x = torch.from_numpy(np.ascontiguousarray(data.genotypes))  # int8, converted per batch
         self.y = torch.from_numpy(self.context.standardise(data.phenotypes))
 
@@ -373,10 +376,10 @@ def load_genotype_checkpoint(
     path: str | Path, map_location: str = "cpu"
 ) -> tuple[GenotypeModel, GenotypeContext, dict]:
     """``(model in eval mode, context, meta)`` from a genotype checkpoint (``weights_only=True``)."""
+    from cellformer.models.checkpoint import load_torch_file
+
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    ckpt = load_torch_file(path, map_location, require=(CHECKPOINT_KEY, "state_dict"), kind="genotype-mode checkpoint")
     meta = ckpt.get(CHECKPOINT_KEY)
     if meta is None:
         raise UserError(f"{path} is not a genotype-mode checkpoint (no {CHECKPOINT_KEY!r} section)")

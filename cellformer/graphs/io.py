@@ -144,6 +144,8 @@ def load_edge_list(
                     ) from None
                 if not np.isfinite(score):
                     raise UserError(f"{path}:{lineno}: score {fields[2]!r} is not a finite number")
+                if not 0 <= score <= float(np.finfo(np.float32).max):  # weights are non-negative float32
+                    raise UserError(f"{path}:{lineno}: score {fields[2]!r} is not an edge weight (0 to about 3.4e38)")
             pairs.append((lineno, fields[0].strip(), fields[1].strip(), score))
     if directed is None:
         directed = bool(header) and header[0] in {"regulator", "source", "tf", "from"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -12,7 +11,7 @@ import torch
 from torch import nn
 
 from cellformer.data.dataset import PerturbationBatch
-from cellformer.errors import UserError
+from cellformer.errors import UserError, check_number
 
 if TYPE_CHECKING:
     from cellformer.data.dataset import PerturbationData
@@ -118,24 +117,20 @@ class PhenotypeModel(nn.Module):
 
 def check_fields(config, ranges: dict[str, tuple], prefix: str) -> None:
     """Check a config dataclass's fields against their annotations and ``ranges``; a mistake is a UserError
-    naming ``prefix.field``, the value and what is allowed.
+    naming ``prefix.field``, the value and what is allowed (:func:`~cellformer.errors.check_number`).
 
-    Annotations read: ``bool``, ``int``, ``float`` (an int is a float; a bool is neither), optionally
-    ``| None``. ``ranges[name] = (lowest, highest or None, whether highest itself is allowed)``.
+    Annotations read: ``bool``, ``int``, ``float`` (a bool is neither), optionally ``| None``.
+    ``ranges[name] = (lowest, highest or None, whether highest itself is allowed)``.
     """
     for f in dataclasses.fields(config):
         value, kind = getattr(config, f.name), str(f.type)
         if value is None and "None" in kind:
             continue
         if kind.startswith("bool") and not isinstance(value, bool):
-            raise UserError(f"{prefix}.{f.name} must be true or false, got {value!r}")
+            raise UserError(f"{prefix}.{f.name}: {value!r} is not allowed; expected true or false")
         if kind.startswith(("int", "float")):
-            integer = kind.startswith("int")
-            ok = isinstance(value, int) if integer else isinstance(value, int | float) and math.isfinite(value)
-            if isinstance(value, bool) or not ok:
-                raise UserError(f"{prefix}.{f.name} must be {'an integer' if integer else 'a finite number'}, "
-                                f"got {value!r}")  # fmt: skip
             lo, hi, hi_ok = ranges.get(f.name, (None, None, True))
-            if (lo is not None and value < lo) or (hi is not None and (value > hi or (value == hi and not hi_ok))):
-                bound = f"≥ {lo}" if hi is None else f"in [{lo}, {hi}{']' if hi_ok else ')'}"
-                raise UserError(f"{prefix}.{f.name} must be {bound}, got {value!r}")
+            check_number(f"{prefix}.{f.name}", value, integer=kind.startswith("int"), low=lo, high=hi,
+                         high_open=not hi_ok)  # fmt: skip
+            if kind.startswith("int"):
+                setattr(config, f.name, int(value))  # 64.0 from a YAML file is 64

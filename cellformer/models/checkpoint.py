@@ -4,12 +4,15 @@ A checkpoint carries, next to the weights, everything needed to query it: the ge
 aliases, features, hash), the graphs (CSR), the phenotype names, the model name and its
 hyper-parameters. The target standardisation (training-split mean and sd per phenotype) is part of
 the model's state dict. It loads with ``torch.load(weights_only=True)``: nothing in it runs code.
+
+:func:`load_torch_file` is the one loader of torch files (checkpoints of both modes, screen states):
+local files only, ``weights_only=True``, one :class:`UserError` line for anything unreadable.
+:func:`check_ckpt_path` puts Lightning's ``--ckpt_path`` through it before Lightning loads the file.
 """
 
 from __future__ import annotations
 
-import pickle
-import zipfile
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ import scipy.sparse as sp
 import torch
 
 from cellformer.data.context import DataContext
-from cellformer.errors import UserError
+from cellformer.errors import UserError, shorten
 from cellformer.genome import Genome
 from cellformer.graphs import GeneGraph, GraphSet
 from cellformer.models.base import PhenotypeModel
@@ -83,36 +86,83 @@ def context_from_checkpoint(meta: dict) -> DataContext:
     return DataContext(genome, GraphSet(graphs, genome.hash), list(meta["phenotype_names"]))
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """``torch.load(path, weights_only=True)`` with one clear :class:`UserError` for anything unreadable.
+#: ``scheme://…``: a URL (http, https, s3, gs, hf…), which no checkpoint load follows.
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+#: Values of Lightning's ``ckpt_path`` that name a checkpoint the same run wrote (resolved by Lightning).
+LIGHTNING_CKPT_KEYWORDS = frozenset({"best", "last", "hpc"})
 
-    Missing, empty, truncated or foreign files, and checkpoints that are not cellformer's, are user
-    errors. Nothing in a checkpoint is ever executed, and the message never suggests
-    ``weights_only=False``.
+
+def is_remote(path: str | Path) -> bool:
+    """Whether ``path`` is a URL (``http://…``, ``s3://…``) or a Lightning model-registry name."""
+    text = str(path).strip()
+    return bool(_URL.match(text)) or text.lower() == "registry" or text.lower().startswith("registry:")
+
+
+def load_torch_file(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    *,
+    what: str = "checkpoint",
+    require: tuple[str, ...] = (),
+    kind: str = "cellformer checkpoint",
+) -> dict:
+    """The one way cellformer reads a torch file: ``torch.load(path, weights_only=True)`` of a local file.
+
+    A URL is refused (nothing is downloaded). A missing, empty, truncated or foreign file, or one holding
+    anything but tensors and plain Python values, is one :class:`UserError` naming the file (as ``what``);
+    nothing in the file is ever executed and the message never suggests ``weights_only=False``. The
+    result must be a dict with the keys ``require`` (else "not a ``kind``").
     """
+    if is_remote(path):
+        raise UserError(
+            f"{what} {shorten(path)} is a URL: remote checkpoints are not loaded (nothing is downloaded); "
+            "download the file yourself and give its local path"
+        )
     path = Path(path)
     if not path.exists():
-        raise UserError(f"checkpoint {path} does not exist")
+        raise UserError(f"{what} {path} does not exist")
     if path.is_dir():
-        raise UserError(f"checkpoint {path} is a directory, not a checkpoint file")
+        raise UserError(f"{what} {path} is a directory, not a file")
     if path.stat().st_size == 0:
-        raise UserError(f"checkpoint {path} is empty")
+        raise UserError(f"{what} {path} is empty")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever torch raises on a file it cannot read is the file's fault
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in first or "Weights only load failed" in first:
+        if "weights_only" in str(exc) or "Weights only load failed" in first:
             first = "it holds objects other than tensors and plain Python values (refused: nothing is executed)"
-        raise UserError(f"checkpoint {path} cannot be read as a cellformer checkpoint: {first}") from None
-    if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
-        raise UserError(f"{path} is not a cellformer checkpoint (no {CHECKPOINT_KEY!r} section)")
+        raise UserError(f"{what} {path} cannot be read as a {kind}: {shorten(first, 200)}") from None
+    if not isinstance(obj, dict) or any(k not in obj for k in require):
+        section = f" (no {require[0]!r} section)" if require else ""
+        raise UserError(f"{what} {path} is not a {kind}{section}")
+    return obj
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """:func:`load_torch_file` of a cellformer checkpoint (its section and version checked).
+
+    Missing, empty, truncated or foreign files, URLs, and checkpoints that are not cellformer's, are user
+    errors. Nothing in a checkpoint is ever executed.
+    """
+    ckpt = load_torch_file(path, map_location, require=(CHECKPOINT_KEY, "state_dict"))
     meta = ckpt[CHECKPOINT_KEY]
-    if meta.get("version") != CHECKPOINT_VERSION:
+    if not isinstance(meta, dict) or meta.get("version") != CHECKPOINT_VERSION:
+        version = meta.get("version") if isinstance(meta, dict) else None
         raise UserError(
-            f"{path}: checkpoint format version {meta.get('version')}, this cellformer reads version "
-            f"{CHECKPOINT_VERSION} (a checkpoint of another version cannot be queried by this one: retrain it)"
+            f"{path}: checkpoint format version {version}, this cellformer reads version {CHECKPOINT_VERSION} "
+            "(a checkpoint of another version cannot be queried by this one: retrain it)"
         )
     return ckpt
+
+
+def check_ckpt_path(ckpt_path: str | None, reader=read_checkpoint) -> None:
+    """Check Lightning's ``--ckpt_path`` before Lightning sees it: the keywords ``best``/``last``/``hpc``
+    pass (Lightning resolves them to files the run wrote), a URL or registry name is refused, and a local
+    file must be readable by ``reader`` (the project's safe loader), so that a corrupt or foreign file is
+    one clear error rather than a torch traceback."""
+    if ckpt_path is None or str(ckpt_path) in LIGHTNING_CKPT_KEYWORDS:
+        return
+    reader(ckpt_path)
 
 
 def check_genome(meta: dict, genome: Genome, source: str) -> None:
@@ -141,8 +191,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load ``(model in eval mode, data context)`` from a Lightning checkpoint written by cellformer."""
     ckpt = read_checkpoint(path, map_location)
     meta = ckpt[CHECKPOINT_KEY]
-    context = context_from_checkpoint(meta)
-    model = build_model(meta["model"], context.genome, context.graphs, context.phenotype_names, **meta["model_hparams"])
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
+    try:
+        context = context_from_checkpoint(meta)
+        model = build_model(
+            meta["model"], context.genome, context.graphs, context.phenotype_names, **meta["model_hparams"]
+        )
+        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        model.load_state_dict(state)
+    except UserError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:  # a damaged or edited file
+        raise UserError(f"checkpoint {path} is damaged: {shorten(exc, 200)}") from None
     return model.eval(), context

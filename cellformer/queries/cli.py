@@ -1,7 +1,10 @@
 """``cellformer predict | screen | explain``: query a trained checkpoint from the command line.
 
 User errors (unknown genes, bad sequences, bad tables, unknown phenotypes...) are
-:class:`~cellformer.errors.UserError`: one message on stderr, exit status 2, no traceback.
+:class:`~cellformer.errors.UserError`: one message on stderr, exit status 2, no traceback. Output files
+follow :func:`cellformer.paths.check_outputs`, checked before the checkpoint is loaded: no output is an
+input (the checkpoint, a query table, a FASTA, a gene list) or another output (``screen --state`` is an
+output too), and an existing file is overwritten only with ``--force``.
 """
 
 from __future__ import annotations
@@ -11,10 +14,10 @@ import sys
 import warnings
 from pathlib import Path
 
-from cellformer.data.dataset import check_output_path
 from cellformer.data.table import split_gene_names
 from cellformer.errors import UserError
 from cellformer.genome import read_fasta
+from cellformer.paths import check_output_dir, check_outputs, write_text_atomic
 
 EXAMPLES = {
     "predict": """examples:
@@ -33,7 +36,7 @@ output: TSV with columns genes, types, then one column per phenotype of the chec
 
 The state of a screen is saved every --save-every seconds (and on Ctrl-C) to OUT.state.pt; --resume
 continues from it and gives the same result as an uninterrupted run. The state file is removed once
-the output is written.""",
+the output is written. An existing state file is continued only with --resume (--force starts over).""",
     "explain": """examples:
   cellformer explain --ckpt runs/best.ckpt --gene TFC3 --out-dir explain/TFC3
   cellformer explain --ckpt runs/best.ckpt --gene TFC3 --set "TFC3;RAD51" --out-dir explain/TFC3_RAD51
@@ -136,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", metavar="TSV", help="write the predictions here (default: stdout)")
     p.add_argument("--batch-size", type=int, default=1024, help="queries per model call (default: 1024)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
 
     s = sub.add_parser(
         "screen",
@@ -165,7 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue an interrupted screen from its state file")
     s.add_argument("--state", metavar="FILE", help="state file (default: OUT.state.pt; needs --out or --state)")
     s.add_argument("--save-every", type=float, default=60.0, metavar="SECONDS", help="state save interval (60)")
-    s.add_argument("--force", action="store_true", help=f"allow triple screens over more than {500} genes (very slow)")
+    s.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite existing output files (--out, --all-scores, a state file not resumed), and allow "
+        f"triple screens over more than {500} genes (very slow)",
+    )
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser(
@@ -188,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1024,
         help="graph rows sampled (seed 0) per alignment cell; 0 = all rows (default: 1024)",
     )
+    e.add_argument("--force", action="store_true", help="overwrite report files already in --out-dir")
     return parser
 
 
@@ -251,8 +261,7 @@ def _add_genes(predictor, add_gene: list[str], fasta: list[str]) -> None:
 
 def _emit(text: str, out: str | None, what: str) -> None:
     if out and out != "-":
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text, encoding="utf-8")
+        write_text_atomic(out, text)
         print(f"cellformer: wrote {what} to {out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -276,18 +285,22 @@ def read_gene_list(path: str | Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------- commands
-def _check_outputs(args: argparse.Namespace, *outputs: str | None) -> None:
-    """Refuse outputs that are directories or one of the command's input files, before any work."""
-    inputs = [getattr(args, k, None) for k in ("ckpt", "table", "genes", "state")]
-    inputs += [x for x in getattr(args, "fasta", []) or []]
-    for out in outputs:
-        if out and out != "-":
-            check_output_path(out, [x for x in inputs if isinstance(x, str)])
+def _inputs(args: argparse.Namespace) -> dict:
+    """The files a query command reads, by option (FASTA files named by --add-gene included)."""
+    inputs = {"--ckpt": args.ckpt}
+    if args.command == "predict":
+        inputs["--table"] = args.table
+        inputs["--fasta"] = list(args.fasta or [])
+        sources = [spec.split("=", 1)[1].strip() for spec in args.add_gene or [] if "=" in spec]
+        inputs["--add-gene"] = [str(p) for p in map(_existing_file, sources) if p is not None]
+    elif args.command == "screen":
+        inputs["--genes"] = args.genes
+    return inputs
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     _positive(args.batch_size, "--batch-size")
-    _check_outputs(args, args.out)
+    check_outputs({"--out": args.out}, _inputs(args), force=args.force)
     predictor = _load_predictor(args, args.batch_size)
     _add_genes(predictor, args.add_gene, args.fasta)
     if args.table:
@@ -311,10 +324,17 @@ def cmd_screen(args: argparse.Namespace) -> int:
 
     _positive(args.top, "--top")
     _positive(args.batch_size, "--batch-size")
-    _check_outputs(args, args.out, args.all_scores)
-    state = Path(args.state) if args.state else (default_state_path(args.out) if args.out else None)
+    out = args.out if args.out and args.out != "-" else None
+    state = Path(args.state) if args.state else (default_state_path(out) if out else None)
     if args.resume and state is None:
         raise UserError("--resume needs --out (the state is kept next to it) or --state FILE")
+    outputs = {"--out": out, "--all-scores": args.all_scores, "--state": state}
+    continued = ["--state", "--all-scores"] if args.resume else ["--state"]
+    check_outputs(outputs, _inputs(args), force=args.force, may_exist=continued)
+    if state is not None and state.exists() and not args.resume and not args.force:
+        raise UserError(
+            f"state file {state} exists (an interrupted screen?): pass --resume to continue it or --force to start over"
+        )
     if args.order == 3 and not args.genes and not args.force:
         raise UserError("a triple screen needs a gene subset (--genes subset.txt, at most 500 genes) or --force")
     predictor = _load_predictor(args)
@@ -344,15 +364,17 @@ def cmd_screen(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from cellformer.queries.explain import explain
+    from cellformer.queries.explain import explain, explain_files
 
     _positive(args.top, "--top")
     _positive(args.align_rows, "--align-rows", zero_ok="all rows")
     query = _split(args.set, "--set") if args.set is not None else None
     types = [t.strip() for t in args.types.split(";") if t.strip()] if args.types is not None else None
-    predictor = _load_predictor(args)
     if types is not None and query is None:
         raise UserError("--types describes --set; give --set too")
+    check_output_dir("--out-dir", args.out_dir, [], _inputs(args))
+    predictor = _load_predictor(args)
+    check_output_dir("--out-dir", args.out_dir, explain_files(predictor.model), _inputs(args), force=args.force)
     summary = explain(
         predictor,
         args.gene,

@@ -10,6 +10,10 @@
 * ``alignment.tsv`` / ``alignment.png`` — the attention–graph alignment (mean attention mass a graph's
   rows put on their neighbours) of every (layer, head) against every graph, with the chance level;
 * ``summary.json`` — the predictions for S, and per regularised head the neighbour mass of the gene.
+
+The files are written into a temporary folder next to the directory and moved in once all of them are
+complete: a failed report leaves neither a half-written nor an empty folder (:func:`explain_files` lists
+them, so that a command can refuse to overwrite them beforehand).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 
 from cellformer.data.dataset import PerturbationType
 from cellformer.errors import UserError
+from cellformer.paths import staged_directory
 
 
 def _plt():
@@ -249,6 +254,13 @@ def alignment_report(predictor: Any, out_dir: Path, rows: int | None = 1024, see
     return records
 
 
+def explain_files(model: Any) -> list[str]:
+    """The names of the files :func:`explain` writes for ``model``."""
+    heads = [f"head_{name}_L{int(c.layer)}H{int(c.head)}" for name, c in getattr(model, "graph_reg", {}).items()]
+    stems = [*heads, "cross_attention", "alignment"]
+    return [f"{stem}{ext}" for stem in stems for ext in (".tsv", ".png")] + ["summary.json"]
+
+
 def explain(
     predictor: Any,
     gene: str,
@@ -282,11 +294,11 @@ def explain(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out-dir {out_dir} is a file; give a directory")
-    out_dir.mkdir(parents=True, exist_ok=True)
     g = predictor.base_genome.index(gene, "--gene")
     summary: dict[str, Any] = {"gene": predictor.base_genome.display(g)}
-    summary["heads"] = head_report(predictor, g, out_dir, top)
-    summary["cross_attention"] = cross_attention_report(predictor, list(query or [gene]), types, out_dir, top)
-    summary["alignment"] = alignment_report(predictor, out_dir, alignment_rows)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    with staged_directory(out_dir) as tmp:
+        summary["heads"] = head_report(predictor, g, tmp, top)
+        summary["cross_attention"] = cross_attention_report(predictor, list(query or [gene]), types, tmp, top)
+        summary["alignment"] = alignment_report(predictor, tmp, alignment_rows)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary

@@ -254,7 +254,11 @@ class _Progress:
         """Continue from the state file (which must belong to the same screen)."""
         if self.state_path is None or not self.state_path.exists():
             return
-        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        from cellformer.models.checkpoint import load_torch_file
+
+        state = load_torch_file(
+            self.state_path, what="state file", require=("signature", "chunks_done", "topk"), kind="screen state"
+        )
         diff = [k for k, v in self.signature.items() if state.get("signature", {}).get(k) != v]
         if diff:
             raise UserError(

@@ -109,6 +109,8 @@ class PerturbationDataModule(L.LightningDataModule):
                 data, hp.test_fraction, hp.val_fraction, strict=hp.split.endswith("strict"), seed=hp.split_seed
             )
         self.split_index = {k: kept[split == v] for k, v in SPLITS.items()}
+        if (split == -1).any():
+            print(f"[cellformer] {int((split == -1).sum())} records have no split (unassigned) and are not used")
         train = self.split_index["train"]
         if hp.train_fraction < 1:
             sub = np.random.default_rng(hp.train_seed).permutation(len(train))[
@@ -118,6 +120,13 @@ class PerturbationDataModule(L.LightningDataModule):
         if len(self.split_index["train"]) == 0:
             sizes = {k: len(v) for k, v in self.split_index.items()}
             raise UserError(f"the training split is empty ({sizes}); use more records or another split")
+        unmeasured = np.isnan(self.data.phenotypes[self.split_index["train"]]).all(0)
+        if unmeasured.any():  # nothing to learn from: the loss would be 0 and the metrics empty
+            names = [n for n, u in zip(self.phenotype_names, unmeasured, strict=True) if u]
+            raise UserError(
+                f"phenotype(s) {', '.join(names)} have no measured value in the training split of "
+                f"{self.dataset_path}; leave them out with data.phenotypes"
+            )
 
     def dataset(self, split: str) -> PerturbationDataset:
         return PerturbationDataset(self.data, self.split_index[split])

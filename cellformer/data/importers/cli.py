@@ -8,9 +8,11 @@ which the data CLI reports as one line (exit status 2).
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from cellformer.errors import UserError
+from cellformer.paths import check_output_dir, check_outputs
 
 GRAPH_FORMATS = ("string-detailed", "biogrid-tab3", "edge-list")
 SCREEN_FORMATS = ("costanzo2016", "kuzmin2018", "kuzmin2020")
@@ -26,10 +28,10 @@ def _import_graph(args: argparse.Namespace) -> int:
     from cellformer.data.importers.graphs import read_biogrid_tab3, read_edge_list, read_string_detailed
     from cellformer.graphs.io import save_edge_list
 
-    genome = _genome(args)
     out_dir = Path(args.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out-dir {out_dir} is a file; give a directory")
+    inputs = {"FILE": args.file, "--genome": getattr(args, "genome", None)}
+    check_output_dir("--out-dir", out_dir, [], inputs)
+    genome = _genome(args)
     if args.format == "string-detailed":
         results = read_string_detailed(args.file, genome, args.channels, min_score=args.min_score)
         graphs = [(g, r) for g, r in results.values()]
@@ -40,15 +42,23 @@ def _import_graph(args: argparse.Namespace) -> int:
         graphs = [read_biogrid_tab3(args.file, genome, system_type=args.system_type, name=args.name)]
     else:
         min_score = None if args.min_score is None else float(args.min_score)
-        graphs = [read_edge_list(args.file, genome, name=args.name, directed=args.directed, min_score=min_score)]
+        directed = True if args.directed else None  # None: a 'regulator target' header says directed
+        graphs = [read_edge_list(args.file, genome, name=args.name, directed=directed, min_score=min_score)]
     empty = [(g, r) for g, r in graphs if g.num_edges == 0]
     if empty:
         g, r = empty[0]
         raise UserError(f"graph {g.name!r} has no edges, nothing written ({r.summary()})")
+    names = [f"{g.name}.tsv.gz" for g, _ in graphs]
+    check_output_dir("--out-dir", out_dir, names, inputs, force=args.force)
     out_dir.mkdir(parents=True, exist_ok=True)
     for graph, report in graphs:
         path = out_dir / f"{graph.name}.tsv.gz"
-        save_edge_list(graph, genome, path)
+        tmp = out_dir / f".{graph.name}.{os.getpid()}.tmp.tsv.gz"
+        try:  # written next to its name, then renamed: never half a graph
+            save_edge_list(graph, genome, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         kind = "directed" if graph.directed else "undirected"
         print(f"{graph.name}: {graph.num_edges} {kind} edges -> {path}")
         print(f"  {report.summary()}")
@@ -56,11 +66,11 @@ def _import_graph(args: argparse.Namespace) -> int:
 
 
 def _import_screen(args: argparse.Namespace) -> int:
-    from cellformer.data.dataset import check_output_path, split_overlap
+    from cellformer.data.dataset import split_overlap
     from cellformer.data.importers.screens import SCREEN_READERS, ImportFormatError
     from cellformer.data.splits import random_split
 
-    check_output_path(args.out, [args.file])
+    check_outputs({"--out": args.out}, {"FILE": args.file, "--genome": args.genome}, force=args.force)
     genome = _genome(args)
     try:
         data, report = SCREEN_READERS[args.format](args.file, genome, skip_bad_rows=args.skip_bad_rows)
@@ -68,6 +78,8 @@ def _import_screen(args: argparse.Namespace) -> int:
         if args.skip_bad_rows or e.line <= 1:
             raise
         raise ImportFormatError(e.path, e.line, f"{e.problem} (--skip-bad-rows skips and counts such rows)") from None
+    if len(data) == 0:
+        raise UserError(f"{args.file}: no records to import, nothing written ({report.summary()})")
     if args.split == "random":
         data.split = random_split(len(data), val=args.val, test=args.test, seed=args.seed)
         data.attrs["split"] = f"random(val={args.val}, test={args.test}, seed={args.seed})"
@@ -113,7 +125,8 @@ def register(subparsers) -> None:
             "formats:\n"
             "  string-detailed  STRING protein.links.detailed (one graph string_<channel> per --channels)\n"
             "  biogrid-tab3     BioGRID TAB3 (--system-type physical|genetic, organism 559292)\n"
-            "  edge-list        TSV gene_a gene_b [score]; --directed for TF->target lists"
+            "  edge-list        TSV gene_a gene_b [score]; directed when the header is 'regulator target'\n"
+            "                   (or source/tf/from) or with --directed"
         ),
         formatter_class=fmt,
     )
@@ -135,10 +148,15 @@ def register(subparsers) -> None:
     g.add_argument(
         "--system-type", default="physical", choices=("physical", "genetic"), help="biogrid-tab3 interaction type"
     )
-    g.add_argument("--directed", action="store_true", help="edge-list: read as directed (regulator -> target)")
+    g.add_argument(
+        "--directed",
+        action="store_true",
+        help="edge-list: read as directed (regulator -> target) even without a 'regulator target' header",
+    )
     g.add_argument("--name", default=None, help="graph name (string-detailed: prefix for <name>_<channel>)")
     g.add_argument("--out-dir", default="graphs/imported", help="output directory (default: graphs/imported)")
     g.add_argument("--genome", default=None, help="gene table TSV (default: the embedded yeast genome)")
+    g.add_argument("--force", action="store_true", help="overwrite existing graph files in --out-dir")
     g.set_defaults(func=_import_graph_defaults)
 
     s = subparsers.add_parser(
@@ -165,6 +183,7 @@ def register(subparsers) -> None:
     s.add_argument("--val", type=float, default=0.1, help="validation share of the random split (default 0.1)")
     s.add_argument("--test", type=float, default=0.1, help="test share of the random split (default 0.1)")
     s.add_argument("--genome", default=None, help="gene table TSV (default: the embedded yeast genome)")
+    s.add_argument("--force", action="store_true", help="overwrite an existing output file")
     s.set_defaults(func=_import_screen)
 
     f = subparsers.add_parser(

@@ -57,7 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from cellformer.data.dataset import PerturbationData, PerturbationType
-from cellformer.data.table import MISSING_VALUES, ImportReport, parse_value
+from cellformer.data.table import ImportReport, parse_value
 from cellformer.errors import UserError
 from cellformer.genome.genome import Genome
 
@@ -225,21 +225,12 @@ def _parse_strain(value: str) -> Strain:
 
 
 def _number(value: str, column: str) -> float:
-    """A value of ``column``: NaN for the :data:`~cellformer.data.table.MISSING_VALUES`, else a number
-    that fits a float32 (±inf and NaN spelled out are kept as given; overflow is a row error)."""
-    v = value.strip()
-    if v.lower() in MISSING_VALUES:
-        return math.nan
+    """A value of ``column`` by the rule of every importer (:func:`cellformer.data.table.parse_value`): NaN
+    for the missing values, else a finite number that fits a float32 (±inf and overflow are row errors)."""
     try:
-        x = float(v)
-    except ValueError:
-        raise _RowError(f"column {column!r}: {v!r} is not a number") from None
-    if math.isfinite(x):
-        try:
-            parse_value(v, f"column {column!r}")
-        except ValueError as e:
-            raise _RowError(str(e)) from None
-    return x
+        return parse_value(value, f"column {column!r}")
+    except ValueError as e:
+        raise _RowError(str(e)) from None
 
 
 def _norm(name: str) -> str:
