@@ -99,4 +99,19 @@ def test_hash_is_stable():
     assert small_genome().hash == small_genome().hash
     assert len(small_genome().hash) == 16
     assert Genome(["YAL001C", "YBR001C", "YAL002W"]).hash != small_genome().hash
-    assert yeast_genome().hash == Genome.from_tsv(YEAST_DIR / "genes.tsv.gz").hash
+    listed = Genome.from_tsv(YEAST_DIR / "genes.tsv.gz")
+    assert yeast_genome().genes == listed.genes and yeast_genome().hash != listed.hash  # + sequence features
+
+
+def test_yeast_genes_carry_the_features_of_their_coding_sequence():
+    """The embedded genome's features are those of the shipped S288C CDS; genes without one read zeros."""
+    from cellformer.genome.s288c import read_cds_fasta
+
+    g, cds = yeast_genome(), read_cds_fasta()
+    with_cds = [i for i, name in enumerate(g.genes) if name.upper() in cds]
+    assert 5800 < len(with_cds) < len(g)
+    act1 = g.index("ACT1")
+    assert np.allclose(g.features[act1], sequence_features(cds["YFL039C"]))  # ACT1 has an intron: joined exons
+    assert cds["YFL039C"].startswith("ATG") and len(cds["YFL039C"]) == 3 * 376
+    without = [i for i in range(len(g)) if i not in set(with_cds)]
+    assert not g.features[without].any() and g.features[with_cds].any(axis=1).all()

@@ -18,8 +18,20 @@ from cellformer.genome.sequence import (
 
 @lru_cache(maxsize=1)
 def yeast_genome() -> Genome:
-    """The embedded S. cerevisiae S288C gene list (6,410 genes; see graphs/README.md)."""
-    return Genome.from_tsv(YEAST_DIR / "genes.tsv.gz", name="yeast")
+    """The embedded S. cerevisiae S288C genome: 6,410 genes, each with the sequence features of its coding
+    sequence (``graphs/yeast/cds_s288c.fa.gz``; zeros for the genes without one). See graphs/README.md."""
+    import numpy as np
+
+    from cellformer.genome.s288c import read_cds_fasta
+    from cellformer.genome.sequence import cds_features
+
+    listed = Genome.from_tsv(YEAST_DIR / "genes.tsv.gz", name="yeast")
+    cds = read_cds_fasta()
+    features = np.zeros((len(listed), SEQUENCE_FEATURE_DIM), dtype=np.float32)
+    for i, gene in enumerate(listed.genes):
+        if gene.upper() in cds:
+            features[i] = cds_features(cds[gene.upper()])
+    return Genome(listed.genes, listed.aliases, features=features, name="yeast")
 
 
 def load_genome(spec: str | Path | None = "yeast") -> Genome:

@@ -228,6 +228,21 @@ class Genome:
         matches = difflib.get_close_matches(key, pool, n=n, cutoff=0.6)
         return [self.display(self.lookup(m)) for m in matches]
 
+    @property
+    def exact_names(self) -> dict[str, int]:
+        """Gene ids and aliases as written and upper-cased -> index: a fast first lookup for bulk imports
+        (a name missing here goes through :meth:`lookup`)."""
+        if getattr(self, "_exact", None) is None:
+            exact = {}
+            for key, i in self._alias_index.items():
+                exact[key] = i
+                exact[self.aliases[i]] = i
+            for key, i in self._index.items():
+                exact[key] = i
+                exact[self.genes[i]] = i
+            self._exact = exact
+        return self._exact
+
     def lookup(self, name: str) -> int:
         """Index of a gene id or alias (case-insensitive), or -1."""
         key = str(name).strip().upper()
