@@ -24,6 +24,7 @@ from cellformer.data.table import ImportReport, import_table
 from cellformer.defaults import DATA_DIR
 from cellformer.errors import unknown_name_error
 from cellformer.genome import Genome, yeast_genome
+from cellformer.paths import check_outputs
 
 
 @dataclass(frozen=True)
@@ -105,12 +106,15 @@ def build_real_dataset(
     screen = real_screen(name)
     genome = yeast_genome() if genome is None else genome
     out = Path(out) if out is not None else screen.default_path
+    check_outputs({"dataset": out}, force=True)
     parts, reports = [], []
     for table in screen.tables:
         path = root / table
         stem = Path(table).name.split(".")[0]
         rejects = out.with_name(f"{out.name.split('.')[0]}.{stem}.rejects.tsv")
         data, report = import_table(path, genome, skip_bad_rows=True, rejects_path=rejects)
+        if report.rejects_path is None:
+            rejects.unlink(missing_ok=True)  # an earlier build's rejects must not outlive it
         parts.append(data)
         reports.append(report)
     data = concatenate(parts, description=screen.description)

@@ -26,6 +26,7 @@ def gene_holdout_split(
     val_genes: float = 0.1,
     strict: bool = False,
     seed: int = 0,
+    singles_in_train: bool = False,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Hold out genes rather than records.
 
@@ -35,17 +36,21 @@ def gene_holdout_split(
     test genes (likewise val); records mixing held-out and training genes are dropped (code -1) so no
     held-out gene is ever seen in training.
 
+    ``singles_in_train``: single-gene records always go to train, and the held-out genes are drawn among the
+    genes of records of two or more genes (single mutants measured genome-wide, interactions among a subset).
+
     Returns the split codes and the held-out gene indices ``{"test": ..., "val": ...}``.
     """
     rng = np.random.default_rng(seed)
-    genes = np.unique(data.gene_index)
+    sizes = data.set_sizes
+    pool = data.gene_index[np.repeat(sizes >= 2, sizes)] if singles_in_train else data.gene_index
+    genes = np.unique(pool)
     perm = rng.permutation(genes)
     n_test, n_val = int(round(test_genes * len(genes))), int(round(val_genes * len(genes)))
     test_set, val_set = perm[:n_test], perm[n_test : n_test + n_val]
     is_test = np.isin(data.gene_index, test_set)
     is_val = np.isin(data.gene_index, val_set)
     seg = data.offsets[:-1]
-    sizes = data.set_sizes
     any_test = np.add.reduceat(is_test, seg) > 0 if len(seg) else np.zeros(0, bool)
     any_val = np.add.reduceat(is_val, seg) > 0 if len(seg) else np.zeros(0, bool)
     split = np.zeros(len(data), dtype=np.int8)
@@ -58,4 +63,6 @@ def gene_holdout_split(
     else:
         split[any_val] = SPLITS["val"]
         split[any_test] = SPLITS["test"]
+    if singles_in_train:
+        split[sizes == 1] = SPLITS["train"]
     return split, {"test": np.sort(test_set), "val": np.sort(val_set)}

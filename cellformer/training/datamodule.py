@@ -17,12 +17,46 @@ from cellformer.genome import load_genome
 from cellformer.graphs import load_graphs
 
 
+def is_embedded(dataset: str) -> bool:
+    """Whether ``dataset`` names an embedded dataset (``default`` or a shipped real screen) rather than a path."""
+    from cellformer.data.real import REAL_SCREENS
+
+    return dataset == "default" or dataset in REAL_SCREENS
+
+
+def embedded_dataset(dataset: str, genome) -> tuple[Path, PerturbationData]:
+    """Path and contents of an embedded dataset, built first when it is missing or was built for another
+    version of ``genome`` (the files are derived from shipped sources, and git-ignored)."""
+    from cellformer.data.real import REAL_SCREENS, build_real_dataset
+    from cellformer.data.simulate import build_default_dataset
+
+    path = DEFAULT_DATASET if dataset == "default" else REAL_SCREENS[dataset].default_path
+    command = "cellformer data simulate" if dataset == "default" else f"cellformer data build {dataset}"
+    from cellformer.genome import yeast_genome
+
+    if path.exists():
+        data = PerturbationData.load(path)
+        if not data.genome_hash or data.genome_hash == genome.hash or genome.hash != yeast_genome().hash:
+            return path, data  # (embedded datasets are built over the yeast genome; others fail the check below)
+        print(f"[cellformer] {path} was built for another version of the genome: rebuilding it ({command})")
+    else:
+        print(f"[cellformer] embedded dataset {dataset!r} missing: building {path} ({command})")
+    if dataset == "default":
+        build_default_dataset(path, force=True)
+    else:
+        build_real_dataset(dataset, path, genome)
+    return path, PerturbationData.load(path)
+
+
 class PerturbationDataModule(L.LightningDataModule):
     """Loads a perturbation dataset (HDF5) with its genome and graphs and serves the splits.
 
     Args:
-        dataset: path to an HDF5 dataset, or ``"default"`` for the embedded simulated yeast screen
-            (``data/yeast_sim.h5``, built on first use by ``cellformer data simulate``).
+        dataset: path to an HDF5 dataset, ``"default"`` for the embedded simulated yeast screen
+            (``data/yeast_sim.h5``, built on first use by ``cellformer data simulate``), or the name of a
+            shipped real screen (``costanzo2016-metabolic``: ``data/costanzo2016_metabolic.h5``, built on first
+            use by ``cellformer data build``). An embedded dataset built for another version of the genome is
+            rebuilt.
         genome: ``"yeast"`` or a gene-table TSV path; must match the dataset's genome hash.
         graphs: graph names (shipped yeast graphs: see ``cellformer data info --graphs``) or
             ``name=path.tsv[:directed]`` edge lists.
@@ -31,6 +65,9 @@ class PerturbationDataModule(L.LightningDataModule):
         phenotypes: the phenotypes to predict (default: all in the dataset); unknown names are errors.
         split: ``stored`` (the dataset's own split), ``random``, ``gene_holdout`` (test = records with
             at least one held-out gene) or ``gene_holdout_strict`` (all genes held out).
+        singles_in_train: with a gene hold-out, single-gene records stay in training and the held-out genes are
+            drawn among the genes of larger sets (a screen of interactions among genes whose single mutants
+            are measured genome-wide).
         val_fraction, test_fraction, split_seed: for computed splits.
         train_fraction, train_seed: keep only this share of the training records (learning curves).
         max_records: use only the first records of a seeded permutation (quick runs).
@@ -53,6 +90,7 @@ class PerturbationDataModule(L.LightningDataModule):
         max_records: int | None = None,
         batch_size: int = 256,
         num_workers: int = 0,
+        singles_in_train: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -60,15 +98,10 @@ class PerturbationDataModule(L.LightningDataModule):
             raise UserError(f"split {split!r}: expected stored, random, gene_holdout or gene_holdout_strict")
         if not 0 < train_fraction <= 1:
             raise UserError(f"train_fraction must be in (0, 1], got {train_fraction}")
-        path = DEFAULT_DATASET if dataset == "default" else Path(dataset)
-        if dataset == "default" and not path.exists():
-            from cellformer.data.simulate import build_default_dataset
-
-            print(f"[cellformer] embedded default dataset missing: building {path} (cellformer data simulate)")
-            build_default_dataset(path)
-        self.dataset_path = path
-        data = PerturbationData.load(path)
         self.genome = load_genome(genome)
+        path, data = embedded_dataset(dataset, self.genome) if is_embedded(dataset) else (Path(dataset), None)
+        self.dataset_path = path
+        data = PerturbationData.load(path) if data is None else data
         if data.genome_hash and data.genome_hash != self.genome.hash:
             raise UserError(
                 f"dataset {path} was built for genome hash {data.genome_hash}, but genome {genome!r} has "
@@ -106,8 +139,9 @@ class PerturbationDataModule(L.LightningDataModule):
         else:
             data = self.data if len(kept) == n else self.data.subset(kept)
             split, _ = gene_holdout_split(
-                data, hp.test_fraction, hp.val_fraction, strict=hp.split.endswith("strict"), seed=hp.split_seed
-            )
+                data, hp.test_fraction, hp.val_fraction, strict=hp.split.endswith("strict"), seed=hp.split_seed,
+                singles_in_train=hp.singles_in_train,
+            )  # fmt: skip
         self.split_index = {k: kept[split == v] for k, v in SPLITS.items()}
         if (split == -1).any():
             print(f"[cellformer] {int((split == -1).sum())} records have no split (unassigned) and are not used")
@@ -129,7 +163,12 @@ class PerturbationDataModule(L.LightningDataModule):
             )
 
     def dataset(self, split: str) -> PerturbationDataset:
-        return PerturbationDataset(self.data, self.split_index[split])
+        """The records of ``split``; validation and test in a fixed shuffled order, so that a run that scores
+        only some of their batches still sees every kind of record (singles come first in many files)."""
+        rows = self.split_index[split]
+        if split != "train":
+            rows = np.random.default_rng([self.hparams.split_seed, 0x6576616C]).permutation(rows)
+        return PerturbationDataset(self.data, rows)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(
