@@ -17,6 +17,7 @@ MODELS: dict[str, str] = {
     "neighbor": "cellformer.models.baselines.neighbor:NeighborSubgraph",
     "additive": "cellformer.models.baselines.additive:Additive",
     "graph_smoothing": "cellformer.models.baselines.graph_smoothing:GraphSmoothing",
+    "per_gene": "cellformer.models.baselines.per_gene:PerGene",
 }
 
 
