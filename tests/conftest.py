@@ -11,6 +11,7 @@ import math
 import warnings
 from collections.abc import Sequence
 
+import lightning  # noqa: F401  (imported before any test captures stderr: its log handlers keep the real one)
 import networkx as nx
 import numpy as np
 import pytest
