@@ -1,36 +1,42 @@
-"""Evidence harness: is CellFormer the most accurate model here, and does the graph prior make it so?
+"""Evidence harness: is CellFormer the most accurate model here, what does its encoder add, and is the graph why?
 
-Every arm of one seed and setting sees the same data, the same train/val/test records, the same batch
-order (the loader has its own seeded generator; CellFormer draws graph rows and identity dropout from its
-own generator too) and selects its checkpoint by the phenotype metric alone (best mean validation
-Pearson, evaluated every ``--eval-every`` steps; auxiliary losses never enter the selection).
+Two screens (``--screen``):
 
-Arms:
+* ``costanzo`` -- the shipped **real** screen (Costanzo et al. 2016 digenic ε among 715 metabolic genes and
+  SGA single-mutant fitness, :mod:`cellformer.data.real`), over the real yeast graphs (STRING v9.1 channels,
+  physical PPI, Hu co-expression, TF → target; never the GI-profile similarity graph, which is computed from
+  these screens). Settings: ``random`` (records at random), ``gene_holdout`` (pairs touching 10 % held-out
+  genes are test, another 10 % val; single mutants stay in training) and ``smf_holdout`` (the held-out genes'
+  own single mutants are held out too). The ``smf_holdout`` CellFormer run is also asked the heterologous
+  question: the held-out genes re-added as *added* genes built from their coding sequence alone (no
+  identity, no graph edges), against the same genes given only the unknown-gene vector.
+* ``sim`` -- the embedded simulator (default mechanism), whose interactions are module terms of a known
+  *truth graph*: the mechanism test of the graph prior. Settings ``random@F`` (a share F of the stored
+  training records), ``gene_holdout``, ``gene_holdout_strict``.
 
-* ``cellformer``     CellFormer with the truth graph: KL-tied head plus graph-derived token inputs;
-* ``no_graph``       the same architecture with no graph at all (λ = 0, no graph inputs);
-* ``lambda0``        graph-derived token inputs from the truth graph, λ = 0 (the KL tie ablated);
-* ``kl_only``        KL tie on the truth graph, no graph-derived inputs (the tie alone);
-* ``rewired_graph``  as ``cellformer`` with a degree-preserving, fully rewired copy of the truth graph;
-* ``noisy_graph``    as ``cellformer`` with ``--noise-share`` of the edges rewired;
-* ``dango``          DANGO given the truth graph;
-* ``additive``       the no-interaction baseline, at its tuned learning rate and step budget (constant
-  ε/τ: their Pearson is undefined);
-* ``graph_smoothing`` neighbour means over the truth graph (no gradient training).
+Arms (``--arms``): ``cellformer`` (the shipped config of the screen), its ablations ``no_encoder`` (a: no
+transformer layer, the tokens and record features go straight into the head) and ``no_records`` (b: the
+transformer without any record-derived input), the graph controls of the simulated screen (``no_graph``,
+``lambda0``, ``kl_only``, ``rewired_graph``, ``noisy_graph``) and the baselines ``dango``, ``per_gene``
+(per-gene ridge effects: the per-gene mean ε model), ``additive`` and ``graph_smoothing``.
 
-Settings (``--settings``): ``random@F`` (the stored random split, a seeded share F of its training
-records), ``gene_holdout`` (test = records with at least one held-out gene; val likewise with other
-genes), ``gene_holdout_strict`` (test = records whose genes are *all* held out; mixed records are dropped).
-Gene hold-outs draw their genes with the seed. Besides per-phenotype test metrics every run reports the
-single-mutant fitness of the test singles (in gene hold-out: the held-out genes themselves).
+Equal footing: every arm of a seed and setting sees the same records, the same splits and the same batch
+order (the loader has its own seeded generator; CellFormer draws graph rows and identity dropout from its own
+generator); checkpoints are selected by the phenotype metric alone (best mean validation Pearson, every
+``--eval-every`` steps; auxiliary losses never enter). A baseline with knobs is tuned the same way on every
+run: each point of its grid (:data:`GRIDS`: DANGO's and the additive model's learning rate, graph
+smoothing's edge weighting; the per-gene model cross-validates its penalty) is trained and selected on
+validation, and the best validation point gives the test numbers. CellFormer's settings are the shipped
+config's (chosen on seed-0 validation runs while the model was developed).
 
 Modes::
 
-    python benchmarks/evidence.py --mode quick              # CPU: simulated screen on a ~600-gene sub-genome
-    python benchmarks/evidence.py --mode full --device cuda # the embedded full-yeast screen (data/yeast_sim.h5)
+    python benchmarks/evidence.py --screen costanzo          # quick: real screen on a sub-genome, CPU
+    python benchmarks/evidence.py --screen sim               # quick: simulated screen on a sub-genome, CPU
+    python benchmarks/evidence.py --screen costanzo --mode full --device cuda   # the whole genome
 
-Outputs ``benchmarks/results/evidence_<tag>.{md,json,png}``; an existing record is never overwritten
-unless ``--force`` is given.
+Outputs ``benchmarks/results/evidence_<mode>_<screen>.{md,json,png}``; an existing record is never
+overwritten unless ``--force`` is given. ``--from-json`` re-renders a record without training.
 """
 
 from __future__ import annotations
@@ -51,95 +57,102 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cellformer.data.dataset import PerturbationData, PerturbationDataset, identity_collate  # noqa: E402
+from cellformer.data.dataset import SPLITS, PerturbationData, PerturbationDataset, identity_collate  # noqa: E402
 from cellformer.genome import Genome  # noqa: E402
 from cellformer.graphs import GeneGraph, GraphSet  # noqa: E402
 from cellformer.training.metrics import regression_metrics  # noqa: E402
 
-CELLFORMER_ARMS = ("cellformer", "no_graph", "lambda0", "kl_only", "rewired_graph", "noisy_graph")
-BASELINE_ARMS = ("dango", "additive", "graph_smoothing")
+ENCODER_ARMS = ("cellformer", "no_encoder", "no_records")
+GRAPH_ARMS = ("no_graph", "lambda0", "kl_only", "rewired_graph", "noisy_graph")
+CELLFORMER_ARMS = ENCODER_ARMS + GRAPH_ARMS
+BASELINE_ARMS = ("dango", "per_gene", "additive", "graph_smoothing")
 ARMS = CELLFORMER_ARMS + BASELINE_ARMS
-DEFAULT_ARMS = ("cellformer", "no_graph", "lambda0", "rewired_graph", "dango", "additive", "graph_smoothing")
 ARM_LABELS = {
-    "cellformer": "CellFormer (true graph)",
+    "cellformer": "CellFormer",
+    "no_encoder": "(a) CellFormer without encoder",
+    "no_records": "(b) CellFormer without record inputs",
     "no_graph": "CellFormer, no graph",
     "lambda0": "CellFormer, graph inputs, λ=0",
     "kl_only": "CellFormer, KL tie only",
     "rewired_graph": "CellFormer (rewired graph)",
     "noisy_graph": "CellFormer (noisy graph)",
-    "dango": "DANGO (true graph)",
+    "dango": "DANGO (tuned)",
+    "per_gene": "per-gene effects (ridge)",
     "additive": "additive (tuned)",
-    "graph_smoothing": "graph smoothing (true graph)",
+    "graph_smoothing": "graph smoothing (tuned)",
 }
-#: the graph each arm is given (a key of :func:`control_graphs`), None = none
-ARM_GRAPH = {
-    "cellformer": "true_graph",
-    "no_graph": None,
-    "lambda0": "true_graph",
-    "kl_only": "true_graph",
-    "rewired_graph": "rewired_graph",
-    "noisy_graph": "noisy_graph",
-    "dango": "true_graph",
-    "additive": None,
-    "graph_smoothing": "true_graph",
+#: the ablations' changes to the screen's CellFormer arguments
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "no_encoder": {"n_layers": 0, "graph_reg": {}},
+    "no_records": {"label_inputs": False, "pair_graph_features": False, "smoothing_features": False,
+                   "member_singles": False, "member_pairs": False, "additive_features": False, "profile_dim": 0},
+}  # fmt: skip
+#: per baseline: the grid its every run is tuned over (keys: ``lr`` or a model argument)
+GRIDS: dict[str, list[dict[str, Any]]] = {
+    "dango": [{"lr": 3e-4}, {"lr": 1e-3}, {"lr": 3e-3}],
+    "additive": [{"lr": 0.01}, {"lr": 0.03}, {"lr": 0.1}],
+    "graph_smoothing": [{"weighted": False}, {"weighted": True}],
 }
-#: per-mode defaults (any of them can be overridden on the command line)
-MODE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "quick": {
-        "steps": 400,
-        "eval_every": 50,
-        "settings": "random@0.8,random@0.05,gene_holdout,gene_holdout_strict",
-        "seeds": "0,1,2",
-        "d_model": 64,
-        "batch_size": 256,
-        "device": "cpu",
-    },
-    "full": {
-        "steps": 3000,
-        "eval_every": 250,
-        "settings": "random@0.8,random@0.05,gene_holdout,gene_holdout_strict",
-        "seeds": "0,1,2",
-        "d_model": 64,
-        "batch_size": 256,
-        "device": "cuda",
-    },
+#: the graphs of the real screen (every arm gets these; DANGO uses the STRING channels among them)
+REAL_GRAPHS = ["string_neighborhood", "string_database", "string_cooccurence", "string_fusion", "ppi_physical",
+               "coexpression_hu", "regulatory"]  # fmt: skip
+SCREEN_CONFIGS = {"costanzo": ROOT / "configs" / "costanzo.yaml", "sim": ROOT / "configs" / "quickstart.yaml"}
+#: per screen and mode, the defaults of the command line
+MODE_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("costanzo", "quick"): {"steps": 300, "eval_every": 50, "baseline_steps": 1500, "settings":
+                            "random,gene_holdout,smf_holdout", "seeds": "0,1,2", "device": "cpu", "n_genes": 2000},
+    ("costanzo", "full"): {"steps": 2000, "eval_every": 250, "baseline_steps": 4000, "settings":
+                           "random,gene_holdout,smf_holdout", "seeds": "0,1,2", "device": "cuda", "n_genes": 0},
+    ("sim", "quick"): {"steps": 400, "eval_every": 50, "baseline_steps": 1000, "settings": "random@0.8,gene_holdout",
+                       "seeds": "0,1,2", "device": "cpu", "n_genes": 600},
+    ("sim", "full"): {"steps": 3000, "eval_every": 250, "baseline_steps": 3000, "settings":
+                      "random@0.8,random@0.05,gene_holdout,gene_holdout_strict", "seeds": "0,1,2", "device": "cuda",
+                      "n_genes": 0},
+}  # fmt: skip
+DEFAULT_ARMS = {
+    "costanzo": "cellformer,no_encoder,no_records,dango,per_gene,additive,graph_smoothing",
+    "sim": "cellformer,no_encoder,no_records,no_graph,rewired_graph,dango,per_gene,additive,graph_smoothing",
 }
 
 
-# ---------------------------------------------------------------------- problem
+# ---------------------------------------------------------------------- problems
 @dataclass
 class Problem:
-    """A dataset with its genome and truth graph, and the stored train/val/test record indices."""
+    """A dataset with its genome and graphs, and the stored train/val/test record indices.
 
+    ``truth`` (simulated screen) is the graph the interactions follow; the graph arms get it or its controls.
+    ``graphs`` (real screen) are the graphs every arm gets.
+    """
+
+    screen: str
     genome: Genome
-    truth: GeneGraph
     data: PerturbationData
     split: dict[str, np.ndarray]
     description: str
+    truth: GeneGraph | None = None
+    graphs: GraphSet | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def sub_genome_genes(truth: GeneGraph, n_genes: int, kind: str = "modules", seed: int = 0) -> np.ndarray:
-    """Sorted indices of a sub-genome of about ``n_genes`` genes of the truth graph.
+def stored_split(data: PerturbationData) -> dict[str, np.ndarray]:
+    return {k: np.flatnonzero(data.split == v) for k, v in SPLITS.items()}
 
-    * ``modules`` (default): whole Louvain communities of the full truth graph
-      (:func:`~cellformer.data.simulate.graph_modules`, the simulator's own module finder), drawn in a
-      seeded random order among those of size >= 2 until ``n_genes`` is reached. Genes keep their
-      within-module neighbourhoods and the induced subgraph has about the mean degree of the full graph.
-    * ``bfs``: the first ``n_genes`` genes of a breadth-first search from the highest-degree gene (a
-      connected, very dense core: a degree-preserving rewiring of it keeps many true edges).
-    """
-    if kind == "bfs":
-        from scipy.sparse.csgraph import breadth_first_order
 
-        hub = int(truth.degree().argmax())
-        return np.sort(breadth_first_order(truth.adj, hub, directed=False, return_predecessors=False)[:n_genes])
-    if kind != "modules":
-        raise ValueError(f"sub-genome kind {kind!r}: expected modules or bfs")
+def sub_genome(full: Genome, keep: np.ndarray, name: str) -> Genome:
+    """The genes ``keep`` of ``full`` (sorted), with their sequence features."""
+    keep = np.sort(keep)
+    return Genome([full.genes[i] for i in keep], [full.aliases[i] for i in keep], features=full.features[keep],
+                  name=name)  # fmt: skip
+
+
+def sub_genome_genes(truth: GeneGraph, n_genes: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of whole Louvain communities of ``truth`` (size ≥ 2, the simulator's own module finder),
+    drawn in a seeded random order until ``n_genes`` is reached: genes keep their within-module neighbourhoods."""
     from cellformer.data.simulate import graph_modules
 
     module = graph_modules(truth, seed=seed)
@@ -152,106 +165,103 @@ def sub_genome_genes(truth: GeneGraph, n_genes: int, kind: str = "modules", seed
     return np.sort(np.asarray(keep, dtype=np.int64))
 
 
-def sub_genome_problem(
-    n_genes: int,
-    n_doubles: int,
-    n_triples: int,
-    sim_seed: int = 0,
-    truth_graph: str = "string_database",
-    kind: str = "modules",
-) -> Problem:
-    """Quick mode: simulate a screen (default mechanism) on a sub-genome of the yeast truth graph.
-
-    The genes come from :func:`sub_genome_genes`; the sub-genome keeps their real sequence features and
-    the truth graph is the induced subgraph. The simulator then finds its own modules on that subgraph.
-    """
+def sub_genome_problem(n_genes: int, n_doubles: int, n_triples: int, sim_seed: int = 0,
+                       truth_graph: str = "string_database") -> Problem:  # fmt: skip
+    """Simulated screen (default mechanism) on a sub-genome of whole modules of the yeast truth graph."""
     from cellformer.data.simulate import simulate
     from cellformer.genome import yeast_genome
     from cellformer.graphs import yeast_graphs
 
     full = yeast_genome()
     g = yeast_graphs([truth_graph], full)[0][truth_graph]
-    keep = sub_genome_genes(g, n_genes, kind, sim_seed)
-    genome = Genome(
-        [full.genes[i] for i in keep],
-        [full.aliases[i] for i in keep],
-        features=full.features[keep],
-        name=f"yeast_{kind}{len(keep)}",
-    )
+    keep = sub_genome_genes(g, n_genes, sim_seed)
+    genome = sub_genome(full, keep, f"yeast_modules{len(keep)}")
     truth = GeneGraph(truth_graph, g.adj[keep][:, keep], g.directed)
     data = simulate(genome, GraphSet([truth], genome.hash), truth_graph, n_doubles=n_doubles, n_triples=n_triples,
                     seed=sim_seed)  # fmt: skip
     stats = truth.degree_stats()
-    how = (
-        f"whole Louvain modules (size >= 2) of the full {truth_graph!r} graph drawn in seeded random order "
-        f"until >= {n_genes} genes"
-        if kind == "modules"
-        else f"the first {n_genes} genes of a breadth-first search of {truth_graph!r} from its highest-degree gene"
-    )
-    desc = (
-        f"quick mode: sub-genome of {len(keep)} yeast genes = {how}; truth graph = induced subgraph "
-        f"({truth.num_edges} edges, mean degree {stats['mean_degree']:.1f}, {stats['nodes_with_edges']} genes "
-        f"with edges); {data.description}; default simulator mechanism; stored random 80/10/10 split"
-    )
-    return Problem(genome, truth, data, _stored_split(data), desc, {"genes": list(genome.genes)})
+    desc = (f"simulated screen on a sub-genome of {len(keep)} yeast genes (whole Louvain modules of the full "
+            f"{truth_graph!r} graph, drawn in seeded order until >= {n_genes}); truth graph = induced subgraph "
+            f"({truth.num_edges} edges, mean degree {stats['mean_degree']:.1f}); {data.description}; default "
+            "simulator mechanism; stored random 80/10/10 split")  # fmt: skip
+    return Problem("sim", genome, data, stored_split(data), desc, truth=truth)
 
 
-def dataset_problem(path: str | Path, genome_spec: str, truth_spec: str | None) -> Problem:
-    """A stored dataset (HDF5) with its genome (``yeast`` or a gene TSV) and truth graph (name or name=path)."""
-    from cellformer.genome import load_genome
-    from cellformer.graphs import load_graphs
+def full_sim_problem() -> Problem:
+    """The embedded default (data/yeast_sim.h5) over the whole genome, truth graph string_database."""
+    from cellformer.genome import yeast_genome
+    from cellformer.graphs import yeast_graphs
+    from cellformer.training.datamodule import embedded_dataset
 
-    path = Path(path)
-    if not path.exists():
-        if path.resolve() == (ROOT / "data" / "yeast_sim.h5").resolve():
-            from cellformer.data.simulate import build_default_dataset
-
-            build_default_dataset(path)
-        else:
-            raise FileNotFoundError(f"dataset {path} does not exist")
-    data = PerturbationData.load(path)
-    genome = load_genome(genome_spec)
-    if data.genome_hash and data.genome_hash != genome.hash:
-        raise ValueError(f"dataset {path} was built for another genome than {genome_spec!r} (hash mismatch)")
-    truth_spec = truth_spec or data.attrs.get("truth_graph")
-    if not truth_spec:
-        raise ValueError(f"{path} records no truth graph: pass --truth-graph NAME (or name=edges.tsv)")
-    truth = load_graphs([truth_spec], genome)[truth_spec.split("=", 1)[0]]
-    if data.split is None:
-        raise ValueError(f"{path} stores no train/val/test split")
-    desc = f"dataset {path.name}: {data.description or len(data)} ({len(genome)} genes); truth graph {truth.name!r}"
-    return Problem(genome, truth, data, _stored_split(data), desc)
+    genome = yeast_genome()
+    _, data = embedded_dataset("default", genome)
+    truth = yeast_graphs(["string_database"], genome)[0]["string_database"]
+    return Problem("sim", genome, data, stored_split(data), f"the embedded default: {data.description}", truth=truth)
 
 
-def _stored_split(data: PerturbationData) -> dict[str, np.ndarray]:
-    from cellformer.data.dataset import SPLITS
+def real_problem(n_genes: int = 0) -> Problem:
+    """The real screen over the whole yeast genome (``n_genes`` 0) or a sub-genome: the 715 ε genes plus the
+    genes with the most edges to them in the real graphs, up to ``n_genes`` (their single mutants, where
+    measured, stay in the data)."""
+    from cellformer.data.real import real_screen
+    from cellformer.genome import yeast_genome
+    from cellformer.graphs import yeast_graphs
+    from cellformer.training.datamodule import embedded_dataset
 
-    return {k: np.flatnonzero(data.split == v) for k, v in SPLITS.items()}
+    full = yeast_genome()
+    _, data = embedded_dataset("costanzo2016-metabolic", full)
+    graphs, _ = yeast_graphs(REAL_GRAPHS, genome=full)
+    desc = f"real screen `costanzo2016-metabolic` ({real_screen('costanzo2016-metabolic').description})"
+    if not n_genes or n_genes >= len(full):
+        return Problem("costanzo", full, data, stored_split(data), desc + f", whole genome ({len(full)} genes)",
+                       graphs=graphs)  # fmt: skip
+    pairs = data.set_sizes == 2
+    screen = np.unique(data.gene_index[np.repeat(pairs, data.set_sizes)])
+    in_screen = np.zeros(len(full), bool)
+    in_screen[screen] = True
+    links = np.zeros(len(full))
+    for name in REAL_GRAPHS:
+        a = graphs[name].adj
+        a = (a + a.T).astype(bool).astype(float)
+        links += np.asarray(a[:, in_screen].sum(axis=1)).ravel()
+    links[in_screen] = np.inf
+    order = np.lexsort((np.arange(len(full)), -links))  # most links first, ties by index
+    keep = np.sort(order[: max(n_genes, len(screen))])
+    genome = sub_genome(full, keep, f"yeast_costanzo{len(keep)}")
+    index = np.full(len(full), -1)
+    index[keep] = np.arange(len(keep))
+    inside = np.add.reduceat((index[data.gene_index] >= 0).astype(int), data.offsets[:-1]) == data.set_sizes
+    sub = data.subset(np.flatnonzero(inside))
+    sub.gene_index = index[sub.gene_index].astype(np.int32)
+    sub.genes, sub.genome_hash = list(genome.genes), genome.hash
+    sub_graphs = GraphSet([GeneGraph(n, graphs[n].adj[keep][:, keep], graphs[n].directed) for n in REAL_GRAPHS],
+                          genome.hash)  # fmt: skip
+    desc += (f", on a sub-genome of {len(keep)} genes: the {len(screen)} genes of the pairs and the "
+             f"{len(keep) - len(screen)} genes with the most edges to them in the graphs ({len(sub)} records: "
+             f"{int((sub.set_sizes == 1).sum())} singles, {int((sub.set_sizes == 2).sum())} pairs)")  # fmt: skip
+    return Problem("costanzo", genome, sub, stored_split(sub), desc, graphs=sub_graphs)
 
 
 # ---------------------------------------------------------------------- settings and splits
-def _stored_split(data: PerturbationData) -> dict[str, np.ndarray]:
-    from cellformer.data.dataset import SPLITS
-
-    return {k: np.flatnonzero(data.split == v) for k, v in SPLITS.items()}
-
-
 @dataclass(frozen=True)
 class Setting:
-    """A split kind and, for ``random``, the share of the stored training records that is used."""
+    """A split kind and, for ``random@F``, the share of the stored training records that is used."""
 
-    kind: str  # random | gene_holdout | gene_holdout_strict
+    kind: str  # random | gene_holdout | gene_holdout_strict | smf_holdout
     fraction: float = 1.0
 
     @property
     def name(self) -> str:
-        return f"random@{self.fraction:g}" if self.kind == "random" else self.kind
+        if self.kind == "random" and self.fraction < 1:
+            return f"random@{self.fraction:g}"
+        return self.kind
 
     @classmethod
     def parse(cls, text: str) -> Setting:
         kind, _, frac = text.strip().partition("@")
-        if kind not in ("random", "gene_holdout", "gene_holdout_strict"):
-            raise SystemExit(f"setting {text!r}: expected random@F, gene_holdout or gene_holdout_strict")
+        if kind not in ("random", "gene_holdout", "gene_holdout_strict", "smf_holdout"):
+            raise SystemExit(f"setting {text!r}: expected random[@F], gene_holdout, gene_holdout_strict or "
+                             "smf_holdout")  # fmt: skip
         return cls(kind, float(frac) if frac else 1.0)
 
 
@@ -262,17 +272,27 @@ def train_subset(train: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 
 
 def setting_split(problem: Problem, setting: Setting, seed: int, holdout: float, strict_holdout: float) -> dict:
-    """Train/val/test record indices (and held-out genes) of a setting for one seed."""
-    from cellformer.data.dataset import SPLITS
-    from cellformer.data.splits import gene_holdout_split
+    """Train/val/test record indices (and held-out genes) of a setting for one seed.
+
+    The real screen's ``random`` split is a seeded random split of its records; ``gene_holdout`` keeps the
+    single mutants in training (:func:`~cellformer.data.splits.gene_holdout_split`, ``singles_in_train``);
+    ``smf_holdout`` holds the held-out genes' single mutants out too.
+    """
+    from cellformer.data.splits import gene_holdout_split, random_split
 
     if setting.kind == "random":
-        split = dict(problem.split)
+        if problem.screen == "sim":
+            split = dict(problem.split)
+        else:
+            codes = random_split(len(problem.data), seed=seed)
+            split = {k: np.flatnonzero(codes == v) for k, v in SPLITS.items()}
         split["train"] = train_subset(split["train"], setting.fraction, seed)
         return split
     strict = setting.kind.endswith("strict")
+    singles_in_train = problem.screen == "costanzo" and setting.kind == "gene_holdout"
     share = strict_holdout if strict else holdout
-    codes, genes = gene_holdout_split(problem.data, share, share, strict=strict, seed=seed)
+    codes, genes = gene_holdout_split(problem.data, share, share, strict=strict, seed=seed,
+                                      singles_in_train=singles_in_train)  # fmt: skip
     out = {k: np.flatnonzero(codes == v) for k, v in SPLITS.items()}
     out["heldout_genes"] = genes["test"]
     return out
@@ -289,12 +309,56 @@ def control_graphs(truth: GeneGraph, seed: int, noise_share: float) -> dict[str,
         }
 
 
-def edge_overlap(a: GeneGraph, b: GeneGraph) -> float:
-    """Share of the edges of ``a`` that are also edges of ``b``."""
-    if a.adj.nnz == 0:
-        return float("nan")
-    both = a.adj.astype(bool).multiply(b.adj.astype(bool))
-    return float(both.nnz / a.adj.nnz)
+# ---------------------------------------------------------------------- arms
+@dataclass
+class RunConfig:
+    """Training settings shared by the arms."""
+
+    steps: int
+    baseline_steps: int
+    eval_every: int
+    device: str
+    cellformer: dict[str, Any]  # the screen config's model section (model_args, lr, weight_decay, warmup_steps)
+    batch_size: int
+    model_args: dict[str, Any] = field(default_factory=dict)  # --model-arg overrides for every CellFormer arm
+
+
+def screen_config(screen: str) -> tuple[dict[str, Any], int]:
+    """The CellFormer model section and batch size of the screen's shipped config."""
+    cfg = yaml.safe_load(SCREEN_CONFIGS[screen].read_text())
+    return cfg["model"], int(cfg["data"]["batch_size"])
+
+
+def arm_graphs(problem: Problem, arm: str, controls: dict[str, GeneGraph] | None) -> GraphSet:
+    """The graphs an arm is given."""
+    if problem.screen == "costanzo":
+        return problem.graphs
+    if arm in ("no_graph", "additive", "per_gene"):
+        return GraphSet([], problem.genome.hash)
+    key = {"rewired_graph": "rewired_graph", "noisy_graph": "noisy_graph"}.get(arm, "true_graph")
+    g = controls[key]
+    return GraphSet([GeneGraph(problem.truth.name, g.adj, g.directed)], problem.genome.hash)
+
+
+def model_spec(arm: str, problem: Problem, graphs: GraphSet, cfg: RunConfig) -> tuple[str, dict, float, float, int]:
+    """Registered model name, arguments, lr, weight decay and warm-up of an arm (before its grid)."""
+    if arm in BASELINE_ARMS:
+        args = {"d_model": cfg.cellformer["model_args"].get("d_model", 64)} if arm == "dango" else {}
+        return arm, args, 1e-3, 0.01 if arm == "dango" else 0.0, 50
+    args = copy.deepcopy(cfg.cellformer["model_args"]) | copy.deepcopy(cfg.model_args)
+    if problem.screen == "sim":  # the shipped graph set -> the truth graph (or its control)
+        name = problem.truth.name
+        reg = {name: {"layer": 0, "head": 0, "weight": 1.0, "rows": 256}}
+        args |= {"graph_reg": reg, "graph_inputs": [name]}
+        if arm == "no_graph":
+            args |= {"graph_reg": {}, "graph_inputs": []}
+        elif arm == "lambda0":
+            args |= {"graph_reg": {}}
+        elif arm == "kl_only":
+            args |= {"graph_inputs": []}
+    args |= ABLATIONS.get(arm, {})
+    model = cfg.cellformer
+    return "cellformer", args, float(model["lr"]), float(model["weight_decay"]), int(model["warmup_steps"])
 
 
 # ---------------------------------------------------------------------- training one arm
@@ -306,8 +370,8 @@ def predict(model: torch.nn.Module, data: PerturbationData, rows: np.ndarray, de
     ds = PerturbationDataset(data, rows)
     model.set_encoding_cache(True)
     out = []
-    for lo in range(0, len(rows), 2048):
-        batch = ds.collate_rows(rows[lo : lo + 2048]).to(device)
+    for lo in range(0, len(rows), 4096):
+        batch = ds.collate_rows(rows[lo : lo + 4096]).to(device)
         kwargs = {"graph_losses": False} if _is_cellformer(model) else {}
         out.append(model(batch, **kwargs).pred.float().cpu().numpy())
     model.set_encoding_cache(False)
@@ -326,71 +390,6 @@ def _mean_pearson(metrics: dict[str, dict[str, float]]) -> float:
     return float(np.mean(vals)) if vals else -math.inf
 
 
-@dataclass
-class RunConfig:
-    """Training settings shared by every arm."""
-
-    steps: int
-    eval_every: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    warmup_steps: int
-    d_model: int
-    n_layers: int
-    n_heads: int
-    dropout: float
-    reg_layer: int
-    reg_head: int
-    reg_weight: float
-    reg_rows: int | None
-    identity_dropout: float
-    structural_dim: int
-    input_hops: int
-    additive_lr: float
-    additive_steps: int
-    device: str
-    model_args: dict[str, Any] = field(default_factory=dict)  # more CellFormer arguments (--model-arg)
-
-
-def parse_model_args(items: list[str]) -> dict[str, Any]:
-    """``["key=value", …]`` (values read as YAML) -> dict; a malformed item is an error."""
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SystemExit(f"--model-arg {item!r}: expected KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def more_args(cfg: dict) -> str:
-    """The ``--model-arg`` settings of a record, as a clause of the training sentence ('' when none)."""
-    extra = cfg.get("model_args") or {}
-    return "; " + ", ".join(f"{k} = {v}" for k, v in extra.items()) if extra else ""
-
-
-def model_spec(arm: str, graph_name: str | None, cfg: RunConfig) -> tuple[str, dict[str, Any]]:
-    """Registered model name and its arguments for an arm."""
-    if arm == "additive":
-        return "additive", {}
-    if arm == "graph_smoothing":
-        return "graph_smoothing", {}
-    if arm == "dango":
-        return "dango", {"d_model": cfg.d_model}
-    reg = {}
-    if arm not in ("no_graph", "lambda0"):
-        reg = {graph_name: {"layer": cfg.reg_layer, "head": cfg.reg_head, "weight": cfg.reg_weight,
-                            "rows": cfg.reg_rows}}  # fmt: skip
-    inputs = [] if arm in ("no_graph", "kl_only") else [graph_name]
-    args = {"d_model": cfg.d_model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "dropout": cfg.dropout,
-            "pool": "mean", "graph_reg": reg, "graph_inputs": inputs, "identity_dropout": cfg.identity_dropout,
-            "structural_dim": cfg.structural_dim, "input_hops": cfg.input_hops}  # fmt: skip
-    return "cellformer", {**args, **cfg.model_args}
-
-
 def evaluate(pred: np.ndarray, data: PerturbationData, rows: np.ndarray, names: list[str]) -> dict:
     """Per-phenotype test metrics, plus ``fitness_singles``: fitness of the single-gene test records."""
     out = regression_metrics(pred, data.phenotypes[rows], names)
@@ -403,10 +402,9 @@ def evaluate(pred: np.ndarray, data: PerturbationData, rows: np.ndarray, names: 
     return out
 
 
-def run_arm(
-    problem: Problem, arm: str, graphs: dict[str, GeneGraph], split: dict, seed: int, cfg: RunConfig
-) -> dict[str, Any]:
-    """Train one arm with Lightning, select the best validation step, return its test metrics."""
+def train_once(problem: Problem, name: str, args: dict, graphs: GraphSet, split: dict, seed: int, lr: float,
+               weight_decay: float, warmup: int, steps: int, cfg: RunConfig) -> dict[str, Any]:  # fmt: skip
+    """Train one model with Lightning; keep the weights of the best mean validation Pearson."""
     import logging
 
     import lightning as L
@@ -414,32 +412,23 @@ def run_arm(
     from cellformer.data.context import DataContext
     from cellformer.training.module import PhenotypeModule
 
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    t0 = time.perf_counter()
-    key = ARM_GRAPH[arm]
-    given = graphs[key] if key else None
-    gs = GraphSet([given] if given is not None else [], problem.genome.hash)
+    for logger in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(logger).setLevel(logging.ERROR)
     names = list(problem.data.phenotype_names)
-    name, args = model_spec(arm, None if given is None else given.name, cfg)
-    steps = cfg.additive_steps if arm == "additive" else cfg.steps
     L.seed_everything(seed, verbose=False)
-    module = PhenotypeModule(
-        model=name,
-        model_args=args,
-        lr=cfg.additive_lr if arm == "additive" else cfg.lr,
-        weight_decay=cfg.weight_decay,
-        warmup_steps=min(cfg.warmup_steps, max(1, steps // 5)),
-        context=DataContext(problem.genome, gs, names),
-    )
-    data, train_rows, val_rows, test_rows = problem.data, split["train"], split["val"], split["test"]
-    module.fit_data(data, train_rows)  # target standardisation (+ closed-form fitting, unseen-gene mask)
+    module = PhenotypeModule(model=name, model_args=args, lr=lr, weight_decay=weight_decay,
+                             warmup_steps=min(warmup, max(1, steps // 5)),
+                             context=DataContext(problem.genome, graphs, names))  # fmt: skip
+    data, train_rows, val_rows = problem.data, split["train"], split["val"]
+    t0 = time.perf_counter()
+    module.fit_data(data, train_rows)  # target standardisation and closed-form fitting
+    fit_s = time.perf_counter() - t0
     best: dict[str, Any] = {"score": -math.inf, "step": 0, "state": None}
     curve: list[tuple[int, float]] = []
 
     def consider(step: int, model: torch.nn.Module) -> None:
-        pred = predict(model, data, val_rows, cfg.device)
-        score = _mean_pearson(regression_metrics(pred, data.phenotypes[val_rows], names))
+        score = _mean_pearson(regression_metrics(predict(model, data, val_rows, cfg.device), data.phenotypes[val_rows],
+                                                 names))  # fmt: skip
         curve.append((step, score))
         if score > best["score"] or best["state"] is None:
             best.update(score=score, step=step, state=copy.deepcopy(model.state_dict()))
@@ -447,8 +436,6 @@ def run_arm(
     if module.model.trainable:
 
         class SelectBest(L.Callback):
-            """Evaluate the validation Pearson every ``eval_every`` steps and keep the best weights."""
-
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
                 if trainer.global_step % cfg.eval_every == 0 or trainer.global_step == steps:
                     consider(trainer.global_step, pl_module.model)
@@ -458,9 +445,8 @@ def run_arm(
                 from torch.utils.data import DataLoader
 
                 gen = torch.Generator().manual_seed(seed)
-                ds = PerturbationDataset(data, train_rows)
-                bs = cfg.batch_size
-                return DataLoader(ds, batch_size=bs, shuffle=True, collate_fn=identity_collate, generator=gen)
+                return DataLoader(PerturbationDataset(data, train_rows), batch_size=cfg.batch_size, shuffle=True,
+                                  collate_fn=identity_collate, generator=gen)  # fmt: skip
 
             def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
                 return batch.to(device)
@@ -477,48 +463,155 @@ def run_arm(
     if best["state"] is None:  # closed-form model
         consider(0, model)
     model.load_state_dict(best["state"])
-    test = evaluate(predict(model, data, test_rows, cfg.device), data, test_rows, names)
+    return {"model": model, "best_step": best["step"], "best_val": best["score"], "curve": curve, "fit_s": fit_s}
+
+
+def run_arm(problem: Problem, arm: str, controls: dict | None, split: dict, seed: int, cfg: RunConfig) -> dict:
+    """Train one arm (every point of its grid), keep the best validation point, return its test metrics."""
+    t0 = time.perf_counter()
+    graphs = arm_graphs(problem, arm, controls)
+    name, args, lr, wd, warmup = model_spec(arm, problem, graphs, cfg)
+    steps = cfg.steps if arm in CELLFORMER_ARMS else cfg.baseline_steps
+    grid = GRIDS.get(arm, [{}])
+    tried = []
+    best = None
+    for point in grid:
+        point_args = args | {k: v for k, v in point.items() if k != "lr"}
+        out = train_once(problem, name, point_args, graphs, split, seed, point.get("lr", lr), wd, warmup, steps, cfg)
+        tried.append({"point": point, "best_val": out["best_val"], "best_step": out["best_step"]})
+        if best is None or out["best_val"] > best[1]["best_val"]:
+            best = (point, out)
+    point, out = best
+    names = list(problem.data.phenotype_names)
+    test = evaluate(predict(out["model"], problem.data, split["test"], cfg.device), problem.data, split["test"], names)
     result: dict[str, Any] = {
-        "arm": arm,
-        "seed": seed,
-        "n_train": int(len(train_rows)),
-        "n_test": int(len(test_rows)),
-        "best_step": int(best["step"]),
-        "best_val_mean_pearson": float(best["score"]),
-        "val_curve": curve,
-        "test": test,
-    }
-    if arm in CELLFORMER_ARMS and arm not in ("no_graph", "lambda0"):
-        result["alignment"] = alignment(model, problem.truth, given, cfg)
-    if given is not None:
-        result["given_graph_edge_overlap_with_truth"] = edge_overlap(given, problem.truth)
+        "arm": arm, "seed": seed, "n_train": int(len(split["train"])), "n_test": int(len(split["test"])),
+        "grid": tried, "chosen": point, "best_step": int(out["best_step"]), "best_val_mean_pearson": out["best_val"],
+        "val_curve": out["curve"], "fit_s": out["fit_s"], "test": test,
+    }  # fmt: skip
+    if arm == "cellformer" and "heldout_genes" in split and problem.screen == "costanzo":
+        result["heterologous"] = heterologous_test(out["model"], problem, split, cfg.device)
+    if problem.screen == "sim" and arm in CELLFORMER_ARMS and arm not in ("no_graph", "lambda0", "no_encoder"):
+        result["alignment"] = alignment(out["model"], graphs[problem.truth.name])
     result["wall_s"] = time.perf_counter() - t0
     return result
 
 
 @torch.no_grad()
-def alignment(model, truth: GeneGraph, trained: GeneGraph, cfg: RunConfig) -> dict[str, float]:
-    """Attention mass of the regularised head on its graph's neighbours (all valid rows), and of the other
-    heads of that layer (a control); ``chance`` is the mean neighbour share deg_i / N."""
+def heterologous_test(model, problem: Problem, split: dict, device: str, cds: dict[str, str] | None = None):
+    """The held-out genes with a test single mutant, re-added as *added* genes built from their coding sequence
+    alone (no identity, no graph edges: the heterologous path), their single-mutant fitness predicted; against
+    the same added genes with no sequence (the unknown-gene vector alone). ``cds``: systematic name -> coding
+    sequence (default: the shipped S288C CDS). None when fewer than 3 such genes."""
+    from cellformer.genome.s288c import read_cds_fasta
+    from cellformer.genome.sequence import sequence_features
+
+    data, test = problem.data, split["test"]
+    singles = test[data.set_sizes[test] == 1]
+    k = data.phenotype_names.index("fitness")
+    genes = data.gene_index[data.offsets[singles]]
+    cds = read_cds_fasta() if cds is None else {k.upper(): v for k, v in cds.items()}
+    have = np.array([problem.genome.genes[g].upper() in cds for g in genes], dtype=bool)
+    singles, genes = singles[have], genes[have]
+    y = data.phenotypes[singles, k]
+    keep = ~np.isnan(y)
+    singles, genes, y = singles[keep], genes[keep], y[keep]
+    if len(y) < 3:
+        return None
+    model.eval()
+    n = len(problem.genome)
+    out = {"n_genes": int(len(y))}
+    feats = torch.as_tensor(np.stack([sequence_features(cds[problem.genome.genes[g].upper()]) for g in genes]))
+    feats = feats.to(device)
+    gi = torch.arange(n, n + len(y), device=device)
+    ptr = torch.arange(len(y) + 1, device=device)
+    types = torch.ones(len(y), dtype=torch.long, device=device)  # the added copy deleted: its single mutant
+    for tag, f in (("cds", feats), ("unknown_vector", torch.zeros_like(feats))):
+        enc = model.encode_genome(f)
+        pred = model.predict_from_encoding(enc, gi, types, ptr, torch.arange(len(y), device=device))[:, k]
+        m = regression_metrics(pred.float().cpu().numpy()[:, None], y[:, None].astype(np.float64), ["fitness"])
+        out[tag] = m["fitness"]
+    return out
+
+
+@torch.no_grad()
+def alignment(model, graph: GeneGraph) -> dict[str, float]:
+    """Attention mass of the tied head on its graph's neighbours (all valid rows), the other heads of that
+    layer (a control), and chance (mean degree / N)."""
     model.eval()
     enc = model.encode_genome()
-    layer, head = cfg.reg_layer, cfg.reg_head
-    others = [h for h in range(cfg.n_heads) if h != head]
-    deg = trained.degree()
+    others = [h for h in range(model.n_heads) if h != 0]
+    deg = graph.degree()
     return {
-        "trained": float(model.attention_alignment(trained.name, layer, head, enc=enc)),
-        "other_heads": float(np.mean([float(model.attention_alignment(trained.name, layer, h, enc=enc))
-                                      for h in others])) if others else float("nan"),  # fmt: skip
-        "chance": float(np.mean(deg[deg > 0]) / trained.num_nodes),
-    }
+        "trained": float(model.attention_alignment(graph.name, 0, 0, enc=enc)),
+        "other_heads": float(np.mean([float(model.attention_alignment(graph.name, 0, h, enc=enc)) for h in others]))
+        if others else float("nan"),
+        "chance": float(np.mean(deg[deg > 0]) / graph.num_nodes),
+    }  # fmt: skip
 
 
 # ---------------------------------------------------------------------- summaries
-METRIC_KEYS = ("fitness", "epsilon", "tau", "fitness_singles")
+STATS = ("pearson", "spearman", "aupr_neg", "auroc_neg", "aupr_pos", "auroc_pos", "r2")
 
 
-def _vals(runs: list[dict], key: str, metric: str = "pearson") -> list[float]:
-    return [r["test"][key][metric] for r in runs if key in r["test"]]
+def _value(r: dict, key: str, stat: str) -> float:
+    """A run's test statistic; an undefined one (a constant prediction) counts as no skill: Pearson, Spearman,
+    R² 0 and the rank metrics at their chance level (AUROC 0.5, AUPR the share of positives)."""
+    m = r["test"].get(key)
+    v = None if m is None else m.get(stat)
+    if v is not None and not (isinstance(v, float) and math.isnan(v)):
+        return float(v)
+    if m is None or stat not in m and not stat.startswith(("pearson", "spearman", "r2")):
+        return float("nan")
+    if stat.startswith("auroc"):
+        return 0.5
+    if stat.startswith("aupr"):
+        side = stat.split("_")[1]
+        return float(m.get(f"n_{side}", 0) / max(m.get("n", 1), 1))
+    return 0.0
+
+
+def summarise(runs: list[dict], settings: list[str], arms: list[str], keys: list[str]) -> dict:
+    """Per setting × arm × metric key × statistic: the values over seeds."""
+    out: dict = {}
+    for st in settings:
+        for arm in arms:
+            rs = sorted((r for r in runs if r["setting"] == st and r["arm"] == arm), key=lambda r: r["seed"])
+            if not rs:
+                continue
+            entry: dict[str, Any] = {"n_train": rs[0]["n_train"], "n_test": rs[0]["n_test"]}
+            for k in keys:
+                if any(k in r["test"] for r in rs):
+                    entry[k] = {s: [_value(r, k, s) for r in rs] for s in STATS if s in next(
+                        r["test"][k] for r in rs if k in r["test"])}  # fmt: skip
+            if all("alignment" in r for r in rs):
+                entry["align"] = [r["alignment"]["trained"] for r in rs]
+                entry["align_other"] = [r["alignment"]["other_heads"] for r in rs]
+                entry["align_chance"] = rs[0]["alignment"]["chance"]
+            het = [r["heterologous"] for r in rs if r.get("heterologous")]
+            if het:
+                entry["heterologous"] = {t: [h[t]["pearson"] for h in het] for t in ("cds", "unknown_vector")}
+            out[f"{st}/{arm}"] = entry
+    return out
+
+
+def paired(runs: list[dict], setting: str, a: str, b: str, key: str, stat: str = "pearson") -> list[float]:
+    """Per-seed differences ``a − b`` of a test statistic in one setting (same split, batches and seed)."""
+    by_seed: dict[int, dict[str, dict]] = {}
+    for r in runs:
+        if r["setting"] == setting and r["arm"] in (a, b):
+            by_seed.setdefault(r["seed"], {})[r["arm"]] = r
+    out = []
+    for s in sorted(by_seed):
+        pair = by_seed[s]
+        if len(pair) == 2 and key in pair[a]["test"] and key in pair[b]["test"]:
+            out.append(_value(pair[a], key, stat) - _value(pair[b], key, stat))
+    return out
+
+
+def _mean(v: Sequence[float]) -> float:
+    v = [x for x in v if x is not None and not math.isnan(x)]
+    return float(np.mean(v)) if v else float("nan")
 
 
 def _fmt(vals: Sequence[float], digits: int = 3) -> str:
@@ -530,176 +623,156 @@ def _fmt(vals: Sequence[float], digits: int = 3) -> str:
     return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
 
-def summarise(runs: list[dict], settings: list[str], arms: list[str], keys: list[str]) -> dict:
-    """Per setting × arm: lists over seeds of test Pearson (and R² of single-mutant fitness)."""
-    out: dict = {}
-    for st in settings:
-        for arm in arms:
-            rs = [r for r in runs if r["setting"] == st and r["arm"] == arm]
-            if rs:
-                entry: dict[str, Any] = {k: _vals(rs, k) for k in keys}
-                entry["fitness_singles_r2"] = _vals(rs, "fitness_singles", "r2")
-                entry["n_train"] = rs[0]["n_train"]
-                entry["n_test"] = rs[0]["n_test"]
-                if "alignment" in rs[0]:
-                    entry["align"] = [r["alignment"]["trained"] for r in rs]
-                    entry["align_other"] = [r["alignment"]["other_heads"] for r in rs]
-                    entry["align_chance"] = rs[0]["alignment"]["chance"]
-                out[f"{st}/{arm}"] = entry
-    return out
-
-
-def _pearson(r: dict, key: str) -> float:
-    """Test Pearson of a run; an undefined one (a constant prediction, no correlation) counts as 0."""
-    v = r["test"][key]["pearson"]
-    return 0.0 if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-
-
-def paired(runs: list[dict], setting: str, a: str, b: str, key: str) -> list[float]:
-    """Per-seed test-Pearson differences ``a − b`` in one setting (same split, batches and seed).
-
-    A run whose predictions are constant (undefined Pearson) counts as 0: it carries no correlation.
-    """
-    by_seed: dict[int, dict[str, dict]] = {}
-    for r in runs:
-        if r["setting"] == setting and r["arm"] in (a, b):
-            by_seed.setdefault(r["seed"], {})[r["arm"]] = r
-    out = []
-    for s in sorted(by_seed):
-        pair = by_seed[s]
-        if len(pair) == 2 and key in pair[a]["test"] and key in pair[b]["test"]:
-            out.append(_pearson(pair[a], key) - _pearson(pair[b], key))
-    return out
-
-
-def _mean(v: Sequence[float]) -> float:
-    v = [x for x in v if x is not None and not math.isnan(x)]
-    return float(np.mean(v)) if v else float("nan")
-
-
-def targets(summary: dict, runs: list[dict]) -> list[dict]:
-    """The accuracy targets, each with the measured values and met / missed (n/a when an arm is absent)."""
+def targets(report: dict) -> list[dict]:
+    """The accuracy targets of the screen, each with its measured values and met / MISSED (n/a when absent)."""
+    summary, runs, arms, screen = report["summary"], report["runs"], report["arms"], report["screen"]
     rows: list[dict] = []
 
-    def get(setting: str, arm: str, key: str) -> float:
-        e = summary.get(f"{setting}/{arm}")
-        return _mean(e[key]) if e and key in e else float("nan")
+    def get(setting: str, arm: str, key: str, stat: str = "pearson") -> float:
+        e = summary.get(f"{setting}/{arm}", {})
+        return _mean(e[key][stat]) if key in e and stat in e[key] else float("nan")
 
     def add(text: str, lhs: float, rhs: float, ok: bool | None) -> None:
         status = "n/a" if ok is None or math.isnan(lhs) or math.isnan(rhs) else ("met" if ok else "MISSED")
         rows.append({"target": text, "value": lhs, "reference": rhs, "status": status})
 
+    def ahead(setting: str, other: str, key: str, stat: str) -> None:
+        d = paired(runs, setting, "cellformer", other, key, stat)
+        ok = bool(d) and all(x > 0 for x in d)
+        add(f"{setting}: CellFormer {key} {stat} > {ARM_LABELS[other]}, on every seed",
+            get(setting, "cellformer", key, stat), get(setting, other, key, stat), ok if d else None)  # fmt: skip
+
     cf = "cellformer"
-    a, b = get("random@0.8", cf, "epsilon"), get("random@0.8", "dango", "epsilon")
-    add("random 80 %: CellFormer ε ≥ DANGO ε", a, b, a >= b)
-    a, b = get("random@0.8", cf, "fitness"), get("random@0.8", "additive", "fitness")
-    add("random 80 %: CellFormer fitness ≥ tuned additive fitness", a, b, a >= b)
-    a, b = get("random@0.05", cf, "epsilon"), get("random@0.05", "dango", "epsilon")
-    add("random 5 %: CellFormer ε within 0.05 of DANGO", a, b, a >= b - 0.05)
-    for st in ("gene_holdout", "gene_holdout_strict"):
-        a = get(st, cf, "epsilon")
-        for other in ("dango", "graph_smoothing"):
-            b = get(st, other, "epsilon")
-            add(f"{st}: CellFormer ε ≥ {other} ε", a, b, a >= b)
-        a, b = get(st, cf, "fitness_singles"), get(st, "graph_smoothing", "fitness_singles")
-        add(f"{st}: held-out single-mutant fitness, CellFormer Pearson ≥ graph_smoothing", a, b, a >= b)
-        r2 = get(st, cf, "fitness_singles_r2")
-        add(f"{st}: held-out single-mutant fitness, CellFormer R² > 0", r2, 0.0, r2 > 0)
-        for ctl, what in (("no_graph", "λ = 0, no graph at all"), ("rewired_graph", "rewired graph")):
-            d = paired(runs, st, cf, ctl, "epsilon")
-            ok = bool(d) and _mean(d) >= 0.05 and all(x > 0 for x in d)
-            add(f"{st}: true graph − {what} ({ctl}) on ε ≥ 0.05, same sign every seed", _mean(d), 0.05,
-                ok if d else None)  # fmt: skip
+    if screen == "costanzo":
+        for st in ("random", "gene_holdout"):
+            for other in [a for a in arms if a != cf]:
+                for stat in ("pearson", "aupr_neg"):
+                    ahead(st, other, "epsilon", stat)
+        v = get("random", cf, "epsilon")
+        add("moonshot: random split, CellFormer ε Pearson ≥ 0.35", v, 0.35, v >= 0.35)
+        d = paired(runs, "gene_holdout", cf, "no_encoder", "epsilon")
+        add("gene_holdout: CellFormer − (a) without encoder ≥ 0.01 ε Pearson, positive on every seed", _mean(d),
+            0.01, (_mean(d) >= 0.01 and all(x > 0 for x in d)) if d else None)  # fmt: skip
+        r2 = get("smf_holdout", cf, "fitness_singles", "r2")
+        add("smf_holdout: held-out genes' single-mutant fitness, CellFormer R² > 0", r2, 0.0, r2 > 0)
+        a, b = get("smf_holdout", cf, "fitness_singles"), get("smf_holdout", "graph_smoothing", "fitness_singles")
+        add("smf_holdout: held-out single-mutant fitness, CellFormer Pearson ≥ graph smoothing (neighbour mean)",
+            a, b, a >= b)  # fmt: skip
+        het = summary.get(f"smf_holdout/{cf}", {}).get("heterologous")
+        if het:
+            d = [x - y for x, y in zip(het["cds"], het["unknown_vector"], strict=True)]
+            add("heterologous: CDS-built tokens beat the unknown-gene vector on the re-added genes' fitness Pearson",
+                _mean(het["cds"]), _mean(het["unknown_vector"]), _mean(d) > 0)  # fmt: skip
+        return rows
+    for st in report["settings"]:
+        for other in [a for a in ("dango", "graph_smoothing", "per_gene", "no_encoder", "no_records") if a in arms]:
+            ahead(st, other, "epsilon", "pearson")
+        if st.startswith("random"):
+            a, b = get(st, cf, "fitness"), get(st, "additive", "fitness")
+            add(f"{st}: CellFormer fitness ≥ tuned additive fitness", a, b, a >= b)
+        else:
+            a, b = get(st, cf, "fitness_singles"), get(st, "graph_smoothing", "fitness_singles")
+            add(f"{st}: held-out single-mutant fitness, CellFormer Pearson ≥ graph smoothing", a, b, a >= b)
+            for ctl, what in (("no_graph", "no graph at all"), ("rewired_graph", "rewired graph")):
+                d = paired(runs, st, cf, ctl, "epsilon")
+                ok = bool(d) and _mean(d) >= 0.05 and all(x > 0 for x in d)
+                add(f"{st}: true graph − {what} ({ctl}) on ε ≥ 0.05, same sign every seed", _mean(d), 0.05,
+                    ok if d else None)  # fmt: skip
     return rows
 
 
 def markdown(report: dict) -> str:
-    """The markdown report: settings, Pearson tables, paired differences, targets, alignment."""
-    cfg, keys, settings, arms = report["config"], report["metric_keys"], report["settings"], report["arms"]
-    summ = report["summary"]
+    """The markdown report: data, training, targets, per-setting tables, paired differences."""
+    cfg, keys, settings, arms, summ = (report[k] for k in ("config", "metric_keys", "settings", "arms", "summary"))
+    cf_args = json.dumps(cfg["cellformer"]["model_args"], separators=(", ", ": "))
     lines = [
-        f"# Evidence ({report['tag']})",
-        "",
-        f"**Data.** {report['problem']}",
-        "",
-        f"**Training.** {cfg['steps']} steps, batch {cfg['batch_size']}, AdamW lr {cfg['lr']} (warm-up + cosine); "
-        f"CellFormer d_model {cfg['d_model']}, {cfg['n_layers']} layers, {cfg['n_heads']} heads; graph term on "
-        f"layer {cfg['reg_layer']} head {cfg['reg_head']}, λ = {cfg['reg_weight']}, {cfg['reg_rows'] or 'all valid'} "
-        f"rows/step; graph inputs: {cfg['input_hops']} hops + {cfg['structural_dim']} eigenvectors; identity "
-        f"dropout {cfg['identity_dropout']}{more_args(cfg)}. Additive: lr {cfg['additive_lr']}, "
-        f"{cfg['additive_steps']} steps "
-        "(tuned to convergence). Checkpoint selection: best mean validation Pearson, every "
+        f"# Evidence ({report['tag']})", "",
+        f"**Data.** {report['problem']}", "",
+        f"**Training.** CellFormer arms: the shipped `{Path(report['screen_config']).name}` (lr "
+        f"{cfg['cellformer']['lr']}, batch {cfg['batch_size']}, {cfg['steps']} steps; `{cf_args}`"
+        f"{'; overrides ' + json.dumps(cfg['model_args']) if cfg['model_args'] else ''}); ablation (a) sets "
+        f"`{json.dumps(ABLATIONS['no_encoder'])}`, (b) `{json.dumps(ABLATIONS['no_records'])}`. Baselines "
+        f"{cfg['baseline_steps']} steps (gradient ones), each run tuned over its grid "
+        f"`{json.dumps(GRIDS)}` on validation. Checkpoint selection: best mean validation Pearson every "
         f"{cfg['eval_every']} steps. Seeds {report['seeds']}. Device {cfg['device']}, wall time "
-        f"{report['wall_s'] / 60:.1f} min. Command: `{report['command']}`.",
-        "",
-        "## Targets",
-        "",
-        "| target | CellFormer | reference | status |",
-        "|---|---:|---:|---|",
-    ]
+        f"{report['wall_s'] / 60:.1f} min. Command: `{report['command']}`.", "",
+        "## Targets", "", "| target | CellFormer | reference | status |", "|---|---:|---:|---|",
+    ]  # fmt: skip
     for t in report["targets"]:
         lines.append(f"| {t['target']} | {t['value']:.3f} | {t['reference']:.3f} | {t['status']} |")
-    labels = {"fitness_singles": "fitness of singles"}
+    cols = [(k, s) for k in keys for s in STATS if s != "r2" or k == "fitness_singles"]
     for st in settings:
         e0 = next((summ[f"{st}/{a}"] for a in arms if f"{st}/{a}" in summ), None)
         if e0 is None:
             continue
-        lines += ["", f"## {st}: test Pearson (mean ± sd over seeds; n train {e0['n_train']}, n test "
-                  f"{e0['n_test']})", ""]  # fmt: skip
-        lines += ["| arm | " + " | ".join(labels.get(k, k) for k in keys) + " | R² fitness of singles |",
-                  "|---|" + "---:|" * (len(keys) + 1)]  # fmt: skip
+        present = [(k, s) for k, s in cols if any(k in summ.get(f"{st}/{a}", {}) and s in summ[f"{st}/{a}"][k]
+                                                    for a in arms)]  # fmt: skip
+        lines += ["", f"## {st} (mean ± sd over seeds; n train {e0['n_train']}, n test {e0['n_test']})", "",
+                  "| arm | " + " | ".join(f"{k} {s}" for k, s in present) + " |",
+                  "|---|" + "---:|" * len(present)]  # fmt: skip
         for arm in arms:
             e = summ.get(f"{st}/{arm}")
             if e:
-                cells = " | ".join(_fmt(e[k]) for k in keys)
-                lines.append(f"| {ARM_LABELS.get(arm, arm)} | {cells} | {_fmt(e['fitness_singles_r2'])} |")
-    lines += ["", "## Paired differences (test Pearson, per seed: mean ± sd)", "",
-              "A constant prediction (undefined Pearson, e.g. no graph for genes never seen) counts as 0.", "",
-              "| setting | comparison | " + " | ".join(labels.get(k, k) for k in keys) + " |",
-              "|---|---|" + "---:|" * len(keys)]  # fmt: skip
+                cells = [_fmt(e[k][s]) if k in e and s in e[k] else "" for k, s in present]
+                lines.append(f"| {ARM_LABELS[arm]} | " + " | ".join(cells) + " |")
+        het = summ.get(f"{st}/cellformer", {}).get("heterologous")
+        if het:
+            lines += ["", f"Heterologous test: the held-out genes re-added as added genes, single-mutant fitness "
+                      f"Pearson — built from their CDS {_fmt(het['cds'])}; the unknown-gene vector alone "
+                      f"{_fmt(het['unknown_vector'])}."]  # fmt: skip
+    lines += ["", "## Paired differences, CellFormer − arm (per seed)", "",
+              "| setting | arm | " + " | ".join(f"{k} {s}" for k, s in (("epsilon", "pearson"), ("epsilon", "aupr_neg"),
+                                                                        ("fitness", "pearson"))) + " |",
+              "|---|---|---:|---:|---:|"]  # fmt: skip
     for st in settings:
-        for ctl in ("no_graph", "lambda0", "kl_only", "rewired_graph", "noisy_graph", "dango", "graph_smoothing"):
-            if "cellformer" in arms and ctl in arms:
-                d = {k: paired(report["runs"], st, "cellformer", ctl, k) for k in keys}
-                if any(d.values()):
-                    per_seed = lambda v: _fmt(v) + (" (" + ", ".join(f"{x:+.3f}" for x in v) + ")" if v else "")  # noqa: E731
-                    lines.append(f"| {st} | cellformer − {ctl} | " + " | ".join(per_seed(d[k]) for k in keys) + " |")
+        for arm in [a for a in arms if a != "cellformer"]:
+            cells = []
+            for k, s in (("epsilon", "pearson"), ("epsilon", "aupr_neg"), ("fitness", "pearson")):
+                d = paired(report["runs"], st, "cellformer", arm, k, s)
+                cells.append(_fmt(d) + (" (" + ", ".join(f"{x:+.3f}" for x in d) + ")" if d else ""))
+            if any(c != "n/a" for c in cells):
+                lines.append(f"| {st} | {ARM_LABELS[arm]} | " + " | ".join(cells) + " |")
     al = [(st, arm) for st in settings for arm in arms if "align" in summ.get(f"{st}/{arm}", {})]
     if al:
-        lines += ["", f"## Attention alignment of layer {cfg['reg_layer']} head {cfg['reg_head']}", "",
-                  "Attention mass on the neighbours of its graph over all valid rows (best-val weights).", "",
+        lines += ["", "## Attention alignment of the tied head (layer 0, head 0)", "",
                   "| setting | arm | tied head | other heads | chance |", "|---|---|---:|---:|---:|"]  # fmt: skip
         for st, arm in al:
             e = summ[f"{st}/{arm}"]
             lines.append(f"| {st} | {ARM_LABELS[arm]} | {_fmt(e['align'])} | {_fmt(e['align_other'])} | "
                          f"{e['align_chance']:.3f} |")  # fmt: skip
+    lines += ["", "## Tuning", "", "The grid point chosen on validation, per run:", "",
+              "| setting | arm | seed | chosen | best step | best val mean Pearson |", "|---|---|---:|---|---:|---:|"]
+    for r in report["runs"]:
+        if len(r.get("grid", [])) > 1:
+            lines.append(f"| {r['setting']} | {ARM_LABELS[r['arm']]} | {r['seed']} | `{json.dumps(r['chosen'])}` | "
+                         f"{r['best_step']} | {r['best_val_mean_pearson']:.3f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
 def plot(report: dict, path: Path) -> None:
-    """Bar chart: test Pearson per arm (mean ± sd over seeds), one panel per setting × phenotype."""
+    """Bar chart: test ε Pearson and ε strong-negative AUPR (and fitness) per arm, one row per setting."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in report["metric_keys"]]
+    panels = [(k, s) for k, s in (("epsilon", "pearson"), ("epsilon", "aupr_neg"), ("fitness", "pearson"),
+                                  ("fitness_singles", "pearson")) if k in report["metric_keys"]]  # fmt: skip
     settings, arms, summ = report["settings"], report["arms"], report["summary"]
-    fig, axes = plt.subplots(len(settings), len(keys), figsize=(3.6 * len(keys), 2.8 * len(settings)), squeeze=False)
+    fig, axes = plt.subplots(len(settings), len(panels), figsize=(3.6 * len(panels), 2.9 * len(settings)),
+                             squeeze=False)  # fmt: skip
     colors = plt.cm.tab10(np.arange(len(arms)) % 10)
     for i, st in enumerate(settings):
-        for j, k in enumerate(keys):
+        for j, (k, s) in enumerate(panels):
             ax = axes[i][j]
             for a, arm in enumerate(arms):
-                v = [x for x in summ.get(f"{st}/{arm}", {}).get(k, []) if x is not None and not math.isnan(x)]
+                v = [x for x in summ.get(f"{st}/{arm}", {}).get(k, {}).get(s, []) if not math.isnan(x)]
                 if v:
                     ax.bar(a, np.mean(v), yerr=np.std(v, ddof=1) if len(v) > 1 else 0, color=colors[a], capsize=2)
-            ax.set_xticks(range(len(arms)), [ARM_LABELS.get(a, a) for a in arms], rotation=60, ha="right",
-                          fontsize=6)  # fmt: skip
-            ax.set_title(f"{st}: {k}", fontsize=8)
+            ax.set_xticks(range(len(arms)), [ARM_LABELS[a] for a in arms], rotation=60, ha="right", fontsize=6)
+            ax.set_title(f"{st}: {k} {s}", fontsize=8)
             ax.grid(axis="y", alpha=0.3)
-            ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
-    fig.suptitle(f"evidence ({report['tag']}): test Pearson, mean ± sd over seeds", fontsize=10)
+    fig.suptitle(f"evidence ({report['tag']}): test metrics, mean ± sd over seeds", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -720,186 +793,146 @@ def _clean(x: Any) -> Any:
     return x
 
 
+def _nan(x: Any) -> Any:
+    """JSON null -> NaN (inverse of :func:`_clean` for metric values)."""
+    if isinstance(x, dict):
+        return {k: _nan(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_nan(v) for v in x]
+    return float("nan") if x is None else x
+
+
+def render(report: dict, out: Path) -> None:
+    """Summary, targets, then the md/json/png files of a report."""
+    report["summary"] = summarise(report["runs"], report["settings"], report["arms"], report["metric_keys"])
+    report["targets"] = targets(report)
+    stem = out / f"evidence_{report['tag']}"
+    stem.with_suffix(".md").write_text(markdown(report))
+    stem.with_suffix(".json").write_text(json.dumps(_clean(report), indent=1))
+    plot(report, stem.with_suffix(".png"))
+
+
 # ---------------------------------------------------------------------- main
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="Run `--mode quick` on CPU, `--mode full --device cuda` on a GPU. Outputs "
-        "benchmarks/results/evidence_<tag>.{md,json,png}.",
+        epilog="Outputs benchmarks/results/evidence_<mode>_<screen>.{md,json,png}.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--mode", choices=sorted(MODE_DEFAULTS), default="quick",
-                   help="quick: simulated sub-genome screen on CPU; full: a stored dataset (default the full "
-                   "embedded yeast screen) with a larger step budget")  # fmt: skip
-    p.add_argument("--dataset", default=None, help="HDF5 dataset (full mode default: data/yeast_sim.h5)")
-    p.add_argument("--genome", default="yeast", help="genome of --dataset: 'yeast' or a gene-table TSV")
-    p.add_argument("--truth-graph", default=None,
-                   help="the graph given to the graph arms: a shipped yeast graph name or name=edges.tsv "
-                   "(default: the dataset's recorded truth graph; quick mode: string_database)")  # fmt: skip
-    p.add_argument("--n-genes", type=int, default=600, help="quick mode: genes in the sub-genome")
-    p.add_argument("--subgenome", choices=("modules", "bfs"), default="modules",
-                   help="quick mode: how the sub-genome is chosen (modules: whole Louvain modules of the truth "
-                   "graph; bfs: a BFS ball around its highest-degree gene)")  # fmt: skip
-    p.add_argument("--n-doubles", type=int, default=9000, help="quick mode: simulated double mutants")
-    p.add_argument("--n-triples", type=int, default=3000, help="quick mode: simulated triple mutants")
-    p.add_argument("--sim-seed", type=int, default=0, help="quick mode: simulator seed")
-    p.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma list among {', '.join(ARMS)}")
+    p.add_argument("--screen", choices=("costanzo", "sim"), default="costanzo",
+                   help="costanzo: the shipped real screen; sim: the simulator (mechanism test)")  # fmt: skip
+    p.add_argument("--mode", choices=("quick", "full"), default="quick",
+                   help="quick: a sub-genome on CPU; full: the whole genome (a GPU)")  # fmt: skip
+    p.add_argument("--n-genes", type=int, default=None, help="sub-genome size (0: the whole genome)")
+    p.add_argument("--n-doubles", type=int, default=9000, help="sim, quick: simulated double mutants")
+    p.add_argument("--n-triples", type=int, default=3000, help="sim, quick: simulated triple mutants")
+    p.add_argument("--sim-seed", type=int, default=0, help="sim: simulator seed")
+    p.add_argument("--arms", default=None, help=f"comma list among {', '.join(ARMS)}")
     p.add_argument("--settings", default=None,
-                   help="comma list of random@FRACTION, gene_holdout, gene_holdout_strict")  # fmt: skip
-    p.add_argument("--holdout", type=float, default=0.1, help="gene_holdout: share of genes held out for test "
-                   "(and again for val)")  # fmt: skip
-    p.add_argument("--strict-holdout", type=float, default=0.3,
-                   help="gene_holdout_strict: share of genes held out for test (and again for val)")  # fmt: skip
+                   help="comma list of random[@FRACTION], gene_holdout, gene_holdout_strict, smf_holdout")
+    p.add_argument("--holdout", type=float, default=0.1, help="gene hold-outs: share of genes for test (and val)")
+    p.add_argument("--strict-holdout", type=float, default=0.3, help="gene_holdout_strict: share of genes")
     p.add_argument("--seeds", default=None, help="comma list of seeds (>= 3 for spread)")
-    p.add_argument("--noise-share", type=float, default=0.3, help="share of edges rewired in the noisy graph")
-    p.add_argument("--steps", type=int, default=None, help="optimisation steps per run")
+    p.add_argument("--noise-share", type=float, default=0.3, help="sim: share of edges rewired in the noisy graph")
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps of a CellFormer arm")
+    p.add_argument("--baseline-steps", type=int, default=None, help="optimisation steps of a gradient baseline")
     p.add_argument("--eval-every", type=int, default=None, help="validation interval (steps) for model selection")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--warmup-steps", type=int, default=50)
-    p.add_argument("--d-model", type=int, default=None)
-    p.add_argument("--n-layers", type=int, default=2)
-    p.add_argument("--n-heads", type=int, default=4)
-    p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--reg-layer", type=int, default=0, help="layer of the regularised head")
-    p.add_argument("--reg-head", type=int, default=0, help="regularised head")
-    p.add_argument("--lambda", dest="reg_weight", type=float, default=1.0, help="graph-term weight λ")
-    p.add_argument("--rows", type=int, default=256, help="graph rows sampled per step (0 = all valid rows)")
-    p.add_argument("--identity-dropout", type=float, default=0.3)
-    p.add_argument("--structural-dim", type=int, default=16, help="eigenvectors of the structural encoding")
-    p.add_argument("--input-hops", type=int, default=2, help="hops of neighbour-averaged identities")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the screen config's")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="another CellFormer argument for every CellFormer arm, VALUE read as YAML "
-                        "(e.g. member_singles=false); repeatable")  # fmt: skip
-    p.add_argument("--additive-lr", type=float, default=None, help="default: the additive model's tuned lr")
-    p.add_argument("--additive-steps", type=int, default=None, help="default: its tuned step budget")
+                   help="another CellFormer argument for every CellFormer arm, VALUE read as YAML; repeatable")
     p.add_argument("--device", default=None, help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads on CPU (1 is fastest on a shared 2-core machine)")  # fmt: skip
-    p.add_argument("--tag", default=None, help="output name: evidence_<tag>.* (default: the mode)")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads on CPU")
+    p.add_argument("--tag", default=None, help="output name: evidence_<tag>.* (default: <mode>_<screen>)")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--force", action="store_true", help="overwrite an existing evidence_<tag> record")
-    p.add_argument("--from-json", default=None,
-                   help="re-render the md/png (and targets) of a saved evidence JSON without training")  # fmt: skip
+    p.add_argument("--from-json", default=None, help="re-render a saved evidence JSON without training")
     args = p.parse_args(argv)
-    for k, v in MODE_DEFAULTS[args.mode].items():
+    for k, v in MODE_DEFAULTS[args.screen, args.mode].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    if args.arms is None:
+        args.arms = DEFAULT_ARMS[args.screen]
     return args
 
 
-def tuned_additive() -> dict[str, float]:
-    """The additive baseline's tuned lr and step budget (``cellformer.models.baselines.additive.TUNED``)."""
-    from cellformer.models.baselines import additive
-
-    return dict(getattr(additive, "TUNED", {"lr": 0.05, "steps": 1000}))
-
-
-def rerender(path: Path) -> dict:
-    """Recompute the summary, targets, markdown and plot of a saved evidence JSON (no training)."""
-    report = json.loads(path.read_text())
-
-    def nan(x: Any) -> Any:  # JSON null -> NaN inside metric dicts
-        if isinstance(x, dict):
-            return {k: nan(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [nan(v) for v in x]
-        return float("nan") if x is None else x
-
-    report["runs"] = [nan(r) for r in report["runs"]]
-    report["summary"] = summarise(report["runs"], report["settings"], report["arms"], report["metric_keys"])
-    report["targets"] = targets(report["summary"], report["runs"])
-    md = markdown(report)
-    path.with_suffix(".md").write_text(md)
-    path.write_text(json.dumps(_clean(report), indent=1))
-    plot(report, path.with_suffix(".png"))
-    print(md)
-    return report
+def parse_model_args(items: list[str]) -> dict[str, Any]:
+    """``["key=value", …]`` (values read as YAML) -> dict; a malformed item is an error."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--model-arg {item!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.from_json:
-        return rerender(Path(args.from_json))
+        path = Path(args.from_json)
+        report = _nan(json.loads(path.read_text()))
+        render(report, path.parent)
+        print(path.with_suffix(".md").read_text())
+        return report
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    unknown = set(arms) - set(ARMS)
+    unknown = set(arms) - set(ARMS) or (set(arms) & set(GRAPH_ARMS) if args.screen == "costanzo" else set())
     if unknown:
-        raise SystemExit(f"unknown arms {sorted(unknown)}; choose from {', '.join(ARMS)}")
+        raise SystemExit(f"arms {sorted(unknown)} are not arms of the {args.screen} screen; choose from "
+                         f"{', '.join(a for a in ARMS if args.screen == 'sim' or a not in GRAPH_ARMS)}")  # fmt: skip
     settings = [Setting.parse(s) for s in args.settings.split(",") if s.strip()]
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-    tag = args.tag or (args.mode if args.dataset is None else f"{args.mode}_{Path(args.dataset).stem}")
+    tag = args.tag or f"{args.mode}_{args.screen}"
     out = Path(args.out_dir)
     if (out / f"evidence_{tag}.json").exists() and not args.force:
         raise SystemExit(f"{out}/evidence_{tag}.json exists (a cited record?): pass --tag NEW or --force")
-
-    print(f"[evidence] building the problem ({args.mode} mode)", flush=True)
-    if args.mode == "quick" and args.dataset is None:
-        problem = sub_genome_problem(args.n_genes, args.n_doubles, args.n_triples, args.sim_seed,
-                                     args.truth_graph or "string_database", args.subgenome)  # fmt: skip
+    print(f"[evidence] building the {args.screen} problem ({args.mode} mode)", flush=True)
+    if args.screen == "costanzo":
+        problem = real_problem(args.n_genes)
+    elif args.n_genes:
+        problem = sub_genome_problem(args.n_genes, args.n_doubles, args.n_triples, args.sim_seed)
     else:
-        problem = dataset_problem(args.dataset or ROOT / "data" / "yeast_sim.h5", args.genome, args.truth_graph)
+        problem = full_sim_problem()
     print(f"[evidence] {problem.description}", flush=True)
-    tuned = tuned_additive()
-    cfg = RunConfig(
-        steps=args.steps, eval_every=args.eval_every, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, d_model=args.d_model,
-        n_layers=args.n_layers, n_heads=args.n_heads, dropout=args.dropout, reg_layer=args.reg_layer,
-        reg_head=args.reg_head, reg_weight=args.reg_weight, reg_rows=args.rows or None,
-        identity_dropout=args.identity_dropout, structural_dim=args.structural_dim, input_hops=args.input_hops,
-        additive_lr=args.additive_lr or float(tuned["lr"]), additive_steps=args.additive_steps or int(tuned["steps"]),
-        device=args.device, model_args=parse_model_args(args.model_arg),
-    )  # fmt: skip
+    model_section, batch_size = screen_config(args.screen)
+    cfg = RunConfig(steps=args.steps, baseline_steps=args.baseline_steps, eval_every=args.eval_every,
+                    device=args.device, cellformer=model_section, batch_size=args.batch_size or batch_size,
+                    model_args=parse_model_args(args.model_arg))  # fmt: skip
     phenos = list(problem.data.phenotype_names)
     keys = phenos + (["fitness_singles"] if "fitness" in phenos else [])
     runs: list[dict] = []
     jobs = [(s, st, a) for s in seeds for st in settings for a in arms]
     bar = tqdm(jobs, desc="evidence runs", file=sys.stdout, mininterval=5)
-    graphs_by_seed: dict[int, dict[str, GeneGraph]] = {}
+    controls: dict[int, dict[str, GeneGraph]] = {}
     splits: dict[tuple[int, str], dict] = {}
     for seed, st, arm in bar:
-        if seed not in graphs_by_seed:
-            graphs_by_seed[seed] = control_graphs(problem.truth, seed, args.noise_share)
+        if problem.truth is not None and seed not in controls:
+            controls[seed] = control_graphs(problem.truth, seed, args.noise_share)
         if (seed, st.name) not in splits:
             splits[seed, st.name] = setting_split(problem, st, seed, args.holdout, args.strict_holdout)
-        r = run_arm(problem, arm, graphs_by_seed[seed], splits[seed, st.name], seed, cfg)
+        r = run_arm(problem, arm, controls.get(seed), splits[seed, st.name], seed, cfg)
         r["setting"] = st.name
         runs.append(r)
-        pear = " ".join(f"{k}={r['test'][k]['pearson']:.3f}" for k in keys if k in r["test"])
-        bar.write(f"  seed {seed} {st.name:20s} {arm:16s} n={r['n_train']:6d} best@{r['best_step']:4d} {pear} "
+        shown = " ".join(f"{k}={r['test'][k]['pearson']:.3f}" for k in keys if k in r["test"])
+        bar.write(f"  seed {seed} {st.name:14s} {arm:16s} n={r['n_train']:6d} best@{r['best_step']:4d} {shown} "
                   f"({r['wall_s']:.0f}s)")  # fmt: skip
-
-    names = [s.name for s in settings]
-    summary = summarise(runs, names, arms, keys)
     report = {
-        "tag": tag,
-        "mode": args.mode,
-        "problem": problem.description,
-        "phenotypes": phenos,
-        "metric_keys": keys,
-        "settings": names,
-        "seeds": seeds,
-        "arms": arms,
-        "config": {**vars(cfg), "noise_share": args.noise_share, "threads": args.threads,
-                   "holdout": args.holdout, "strict_holdout": args.strict_holdout},  # fmt: skip
+        "tag": tag, "screen": args.screen, "mode": args.mode, "problem": problem.description,
+        "screen_config": str(SCREEN_CONFIGS[args.screen].relative_to(ROOT)), "phenotypes": phenos,
+        "metric_keys": keys, "settings": [s.name for s in settings], "seeds": seeds, "arms": arms,
+        "config": {**vars(cfg), "noise_share": args.noise_share, "threads": args.threads, "holdout": args.holdout,
+                   "strict_holdout": args.strict_holdout},
         "command": "python benchmarks/evidence.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "environment": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count()},
-        "runs": runs,
-        "summary": summary,
-        "targets": targets(summary, runs),
-        "wall_s": time.perf_counter() - t0,
-    }
+        "runs": runs, "wall_s": time.perf_counter() - t0,
+    }  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    md = markdown(report)
-    (out / f"evidence_{tag}.md").write_text(md)
-    (out / f"evidence_{tag}.json").write_text(json.dumps(_clean(report), indent=1))
-    plot(report, out / f"evidence_{tag}.png")
-    print(md)
+    render(report, out)
+    print((out / f"evidence_{tag}.md").read_text())
     print(f"[evidence] wrote {out.name}/evidence_{tag}.{{md,json,png}} in {report['wall_s'] / 60:.1f} min", flush=True)
     return report
 
