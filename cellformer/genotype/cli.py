@@ -67,28 +67,13 @@ def is_genotype_command(argv: list[str]) -> bool:
 
 # ---------------------------------------------------------------------- fit / validate / test
 def _train_main(argv: list[str]) -> int:
-    from lightning.pytorch.cli import LightningCLI
-
     from cellformer.genotype.training import GenotypeDataModule, GenotypeModule
+    from cellformer.training.cli import ContextCLI
 
-    class GenotypeCLI(LightningCLI):
-        """LightningCLI with the data context linked into the model and a test run after ``fit``."""
+    class GenotypeCLI(ContextCLI):
+        """The shared CLI base; the model and data classes are subclass choices (``class_path``)."""
 
-        def add_arguments_to_parser(self, parser) -> None:
-            parser.link_arguments("data", "model.init_args.context", compute_fn=lambda dm: dm.context,
-                                  apply_on="instantiate")
-            parser.add_argument("--test_after_fit", type=bool, default=True, help="run `test` after `fit`")
-
-        def after_fit(self) -> None:
-            cfg = self.config.get(self.subcommand, self.config)
-            if not cfg.get("test_after_fit", True) or self.trainer.fast_dev_run:
-                return
-            if len(self.datamodule.split_index["test"]) == 0:
-                print("[cellformer] no test samples: skipping the test run")
-                return
-            cb = self.trainer.checkpoint_callback
-            ckpt = "best" if cb is not None and cb.monitor is not None and cb.best_model_path else None
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+        context_target = "model.init_args.context"
 
     GenotypeCLI(
         GenotypeModule,
