@@ -281,3 +281,17 @@ def test_every_genotype_config_parses_with_early_stopping(path, capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "cellformer.genotype.training.GenotypeModule" in out and "EarlyStopping" in out
+
+
+def test_a_bloom_shaped_cross_fits_in_linkage_blocks():
+    from cellformer.genotype.simulate import BLOOM_2013_SHAPE, bloom_like_cross
+
+    data = bloom_like_cross(seed=3)
+    assert data.genotypes.shape == BLOOM_2013_SHAPE and data.phenotypes.shape == (1008, 2)
+    assert len(data.truth["pairs"]) == 8 and data.truth["V_I"].min() > 0.2  # epistatic pairs among 16 QTL
+    assert np.corrcoef(data.truth["additive"].T)[0, 1] > 0.5  # the two traits share their QTL effects
+    train = data.split_indices("train")
+    blocks = ld_blocks(data.genotypes[train], data.loci.chrom, r2=0.9)
+    assert 7 * (blocks[-1] + 1) < data.genotypes.shape[1]  # ≥ 7 markers per token on average (r² ≥ 0.9)
+    # every block is a run of adjacent markers on one chromosome
+    assert np.all(np.diff(blocks) >= 0) and all(len(set(data.loci.chrom[blocks == b])) == 1 for b in range(0, 50))
