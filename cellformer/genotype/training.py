@@ -1,16 +1,20 @@
-"""Training in genotype mode: a LightningDataModule, a LightningModule and checkpoint loading.
+"""Training in genotype mode: a LightningDataModule, a LightningModule and checkpoint loading, on the base
+classes perturbation mode uses (:mod:`cellformer.training.base`).
 
 * :class:`GenotypeDataModule` loads a genotype dataset (HDF5), or simulates one in memory, picks the
-  phenotypes and split, standardises every phenotype with **training-split** statistics and builds the
-  locus graphs (LD on training rows only) into a :class:`GenotypeContext`.
+  phenotypes and split, standardises every phenotype with **training-split** statistics, groups markers
+  into linkage blocks (``blocks``, training rows only) and builds the locus graphs (LD on training rows
+  only) into a :class:`GenotypeContext`.
 * :class:`GenotypeModule` trains any model of :data:`cellformer.genotype.models.MODELS` with a NaN-masked
   MSE on standardised targets. ``val_loss`` is the phenotype loss alone (auxiliary graph terms are logged
-  as ``train/graph/<name>`` and never enter checkpoint selection); predictions and test metrics are in
-  original units. Closed-form models (ridge, LASSO) are solved at the start of ``fit``; no gradient step
-  is taken and the first epoch ends the run.
+  as ``<stage>/graph/<name>`` and never enter checkpoint selection or early stopping); predictions and test
+  metrics are in original units. Closed-form models (ridge, LASSO, GBM) are solved at the start of ``fit``;
+  no gradient step is taken and the first epoch ends the run.
+* :class:`KeepBest` keeps the best validation's weights in memory; :class:`ValidationCurve` records the
+  validation curve (the benchmark reports where it reached its plateau).
 * :func:`load_genotype_checkpoint` rebuilds the model from a checkpoint with ``torch.load(weights_only=True)``;
-  the checkpoint carries locus ids, phenotype names, standardisation statistics, locus graphs, model name
-  and hyper-parameters.
+  the checkpoint carries locus ids, phenotype names, standardisation statistics, locus graphs, linkage blocks,
+  model name and hyper-parameters (and, for GBM, each booster's LightGBM text dump).
 """
 
 from __future__ import annotations
