@@ -98,33 +98,19 @@ def check_genotype_model(model_section) -> None:
 
 def _train_main(argv: list[str]) -> int:
     from cellformer.genotype.training import GenotypeDataModule, GenotypeModule
-    from cellformer.training.cli import SafeLightningCLI
+    from cellformer.training.cli import ContextCLI
 
-    class GenotypeCLI(SafeLightningCLI):
-        """LightningCLI with the data context linked into the model and a test run after ``fit``."""
+    class GenotypeCLI(ContextCLI):
+        """The shared CLI base; the model and data classes are subclass choices (``class_path``), the
+        checkpoint reader is genotype mode's, and the genotype model's hyper-parameters are checked."""
 
+        context_target = "model.init_args.context"
         checkpoint_reader = staticmethod(read_genotype_checkpoint)
-
-        def add_arguments_to_parser(self, parser) -> None:
-            parser.link_arguments("data", "model.init_args.context", compute_fn=lambda dm: dm.context,
-                                  apply_on="instantiate")
-            parser.add_argument("--test_after_fit", type=bool, default=True, help="run `test` after `fit`")
 
         def check_config(self, cfg) -> None:
             super().check_config(cfg)
             if cfg.get("model") is not None:
                 check_genotype_model(cfg.get("model"))
-
-        def after_fit(self) -> None:
-            cfg = self.config.get(self.subcommand, self.config)
-            if not cfg.get("test_after_fit", True) or self.trainer.fast_dev_run:
-                return
-            if len(self.datamodule.split_index["test"]) == 0:
-                print("[cellformer] no test samples: skipping the test run")
-                return
-            cb = self.trainer.checkpoint_callback
-            ckpt = "best" if cb is not None and cb.monitor is not None and cb.best_model_path else None
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
 
     GenotypeCLI(
         GenotypeModule,

@@ -9,6 +9,9 @@ Three builders, each returning a :class:`~cellformer.graphs.graph.GeneGraph` who
   optionally, with weight 1 when they share a nearest gene);
 * a degree-preserving rewired control of either (``rewire`` share of edges, :meth:`GeneGraph.rewired`).
 
+With linkage blocks (:mod:`cellformer.genotype.blocks`) the nodes are the blocks, each represented by
+its anchor marker.
+
 :func:`build_locus_graphs` reads the ``locus_graphs`` option of the data module, e.g.::
 
     locus_graphs:
@@ -135,8 +138,21 @@ def build_locus_graph(name: str, spec: Mapping, data, train_rows: np.ndarray) ->
     return g
 
 
-def build_locus_graphs(specs: Mapping[str, Mapping] | None, data, train_rows: np.ndarray) -> dict[str, GeneGraph]:
-    """All locus graphs of a ``locus_graphs`` option, by name."""
+def build_locus_graphs(specs: Mapping[str, Mapping] | None, data, train_rows: np.ndarray,
+                       blocks: np.ndarray | None = None) -> dict[str, GeneGraph]:
+    """All locus graphs of a ``locus_graphs`` option, by name.
+
+    With ``blocks`` (a block index per locus, :mod:`cellformer.genotype.blocks`) the graphs are over the
+    blocks, each block standing for its anchor (first) marker: LD between anchors, a block's nearest gene
+    that of its anchor.
+    """
+    if blocks is not None and specs:
+        from types import SimpleNamespace
+
+        from cellformer.genotype.blocks import block_anchors
+
+        anchors = block_anchors(blocks)
+        data = SimpleNamespace(genotypes=data.genotypes[:, anchors], loci=data.loci.subset(anchors))
     out = {}
     for name, spec in (specs or {}).items():
         if not isinstance(spec, Mapping):

@@ -16,6 +16,10 @@ Reading order:
 5. :class:`LocusCellFormer` -- the project's model on loci: locus tokens plus a CLS readout through the
    CellFormer :class:`~cellformer.models.cellformer.Block`, with chosen heads KL-tied to locus graphs by
    the regulariser of :mod:`cellformer.models.graph_reg`.
+6. :class:`~cellformer.genotype.gbm.GradientBoosting` -- LightGBM per phenotype (in :mod:`.gbm`).
+
+The token models (4, 5) take ``blocks``: markers grouped into linkage blocks, one token per block
+(:class:`BlockTokens`, :mod:`cellformer.genotype.blocks`); the others read every marker.
 
 Targets are standardised per phenotype by the training module; models see and predict standardised
 values. ``MODELS`` maps a registry name to its class.
@@ -49,10 +53,13 @@ class GenotypeModel(nn.Module):
 
     Attributes:
         closed_form: True when the model is solved by :meth:`fit_closed_form` (no gradient steps).
+        uses_blocks: True when the model's tokens can be linkage blocks (``blocks=`` in the constructor,
+            see :mod:`cellformer.genotype.blocks`); the other models read every marker directly.
         hparams_dict: the constructor's hyper-parameters (JSON-able), stored in checkpoints.
     """
 
     closed_form: bool = False
+    uses_blocks: bool = False
     hparams_dict: dict
 
     def __init__(self, n_loci: int, n_phenotypes: int):
@@ -77,6 +84,58 @@ def _init_linear(module: nn.Module, std: float = 0.02) -> None:
             nn.init.normal_(m.weight, std=std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+class BlockTokens(nn.Module):
+    """Per-marker token vectors summed into block tokens: (B, M) markers -> (B, T, D) tokens.
+
+    ``blocks`` (M,) gives each marker's block (non-decreasing, 0..T-1; None = one token per marker, the
+    identity). A block's token is the sum of its markers' vectors, so a block of one marker is exactly
+    that marker's token and every marker keeps its own parameters and gradient.
+
+    :meth:`linear` computes ``Σ_{m∈b} x_m W_m (+ Σ_{m∈b} c_m)`` as one batched matrix product over
+    blocks padded to the largest block (O(B·T·S·D) for S the largest block size, never a (B, M, D)
+    tensor); :meth:`forward` sums arbitrary per-marker vectors (B, M, D).
+    """
+
+    def __init__(self, n_markers: int, blocks: np.ndarray | None = None):
+        super().__init__()
+        self.n_tokens = int(n_markers)
+        index = members = None
+        if blocks is not None:
+            from cellformer.genotype.blocks import check_blocks
+
+            b = check_blocks(blocks, n_markers)
+            index = torch.as_tensor(b, dtype=torch.long)
+            sizes = np.bincount(b)
+            self.n_tokens = len(sizes)
+            # members[t, s] = the s-th marker of block t, or n_markers (a zero column) past its end
+            members = np.full((len(sizes), int(sizes.max())), n_markers, dtype=np.int64)
+            starts = np.r_[0, np.cumsum(sizes)[:-1]]
+            for t, (lo, k) in enumerate(zip(starts, sizes, strict=True)):
+                members[t, :k] = np.arange(lo, lo + k)
+            members = torch.as_tensor(members)
+        self.register_buffer("index", index, persistent=False)
+        self.register_buffer("members", members, persistent=False)
+
+    def forward(self, per_marker: torch.Tensor) -> torch.Tensor:
+        if self.index is None:
+            return per_marker
+        B, _, D = per_marker.shape
+        return per_marker.new_zeros(B, self.n_tokens, D).index_add_(1, self.index, per_marker)
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens ``Σ_{m∈b} x_m W_m + Σ_{m∈b} c_m`` (B, T, D) of markers ``x`` (B, M), ``weight`` / ``bias`` (M, D)."""
+        if self.members is None:
+            out = x[..., None] * weight
+            return out if bias is None else out + bias
+        T, S = self.members.shape
+        xp = F.pad(x, (0, 1))[:, self.members]  # (B, T, S), the pad column is 0
+        wp = F.pad(weight, (0, 0, 0, 1))[self.members]  # (T, S, D)
+        out = torch.bmm(xp.transpose(0, 1), wp).transpose(0, 1)  # (B, T, D)
+        if bias is not None:
+            out = out + bias.new_zeros(T, bias.shape[1]).index_add_(0, self.index, bias)
+        return out
 
 
 # ---------------------------------------------------------------------- linear models
@@ -210,20 +269,37 @@ class Ridge(LinearGenotypeModel):
         return {"lambda": lam.tolist(), "selection": "validation" if use_val else f"{self.cv_folds}-fold CV"}
 
 
+def _top_eigenvalue(x: np.ndarray, iterations: int = 50, gram: bool = False) -> float:
+    """The largest eigenvalue of ``xᵀx`` (of ``x`` itself when ``gram``) by power iteration (seeded), enlarged
+    by 1 % so that a FISTA step ``1 / value`` stays safe; never an eigendecomposition."""
+    v = np.random.default_rng(0).standard_normal(x.shape[1])
+    value = 0.0
+    for _ in range(iterations):
+        u = x @ v if gram else x.T @ (x @ v)
+        value = float(np.linalg.norm(u))
+        if value == 0:
+            return 0.0
+        v = u / value
+    return 1.01 * value
+
+
 class Lasso(LinearGenotypeModel):
     """L1-penalised linear model ``min (1/2n)‖y − xw − b‖² + λ‖w‖₁`` per phenotype, by FISTA.
 
     The path runs from ``λ_max`` (all-zero weights) down to ``λ_max · min_ratio`` over ``n_lambdas``
-    values with warm starts, vectorised over phenotypes (Gram form ``XᵀX/n``); λ per phenotype is chosen
+    values with warm starts, vectorised over phenotypes (Gram form ``XᵀX/n`` when L ≤ n; with more loci than
+    rows, strong-rule screening and products with ``X`` itself, see :meth:`_path`); λ per phenotype is chosen
     by validation MSE (or ``cv_folds``-fold CV without validation rows). :meth:`selected_loci` lists the
-    loci with non-zero weight.
+    loci with non-zero weight. ``gram_limit``: with more loci than rows, the kept columns' Gram matrix is
+    formed when at most this many columns are kept (memory 8·kept² bytes), else products with ``X``.
     """
 
     def __init__(self, n_loci: int, n_phenotypes: int, n_lambdas: int = 20, min_ratio: float = 1e-3,
-                 max_iter: int = 500, tol: float = 1e-6, cv_folds: int = 5, seed: int = 0):
+                 max_iter: int = 500, tol: float = 1e-6, cv_folds: int = 5, seed: int = 0, gram_limit: int = 5000):
         super().__init__(n_loci, n_phenotypes)
         self.hparams_dict = {"n_lambdas": n_lambdas, "min_ratio": min_ratio, "max_iter": max_iter, "tol": tol,
-                             "cv_folds": cv_folds, "seed": seed}
+                             "cv_folds": cv_folds, "seed": seed, "gram_limit": gram_limit}
+        self.gram_limit = int(gram_limit)
         self.n_lambdas, self.min_ratio, self.max_iter, self.tol = int(n_lambdas), float(min_ratio), int(max_iter), tol
         self.cv_folds, self.seed = int(cv_folds), int(seed)
 
@@ -233,28 +309,67 @@ class Lasso(LinearGenotypeModel):
         nz = w[phenotype] != 0 if phenotype is not None else (w != 0).any(0)
         return np.flatnonzero(nz)
 
+    def _fista(self, grad, w: np.ndarray, lam: np.ndarray, step: float) -> np.ndarray:
+        """FISTA from ``w`` for ``min f(w) + λ‖w‖₁`` given ``grad = ∇f`` and step ``1 / Lipschitz``."""
+        z, t = w.copy(), 1.0
+        for _ in range(self.max_iter):
+            w_new = z - step * grad(z)
+            w_new = np.sign(w_new) * np.maximum(np.abs(w_new) - step * lam, 0.0)
+            t_new = (1 + math.sqrt(1 + 4 * t * t)) / 2
+            z = w_new + ((t - 1) / t_new) * (w_new - w)
+            delta = np.abs(w_new - w).max() if w.size else 0.0
+            w, t = w_new, t_new
+            if delta < self.tol:
+                break
+        return w
+
     def _path(self, x: np.ndarray, y: np.ndarray, ratios: np.ndarray):
-        """Weights (R, L, k) and intercepts (R, k) along the λ path (λ_r = λ_max · ratio_r per column)."""
-        n = len(x)
+        """Weights (R, L, k) and intercepts (R, k) along the λ path (λ_r = λ_max · ratio_r per column).
+
+        L ≤ n: FISTA on the Gram matrix. L > n (dense panels): FISTA on the columns that the sequential
+        strong rule keeps (``|x_jᵀr|/n ≥ 2λ_r − λ_{r−1}`` at the previous solution, plus the non-zero ones),
+        then a check of the optimality conditions on every column, adding violators until none is left;
+        so no L × L matrix is built and an iteration costs O(n · kept columns).
+        """
+        n, L = x.shape
         mu_x, mu_y = x.mean(0), y.mean(0)
         xc, yc = x - mu_x, y - mu_y
-        gram, corr = xc.T @ xc / n, xc.T @ yc / n  # (L, L), (L, k)
+        corr = xc.T @ yc / n  # (L, k)
         lam_max = np.abs(corr).max(0) + 1e-12  # (k,)
-        step = 1.0 / max(float(np.linalg.eigvalsh(gram)[-1]), 1e-12)
         w = np.zeros_like(corr)
         ws, bs = [], []
+        if L <= n:
+            gram = xc.T @ xc / n
+            step = 1.0 / max(float(np.linalg.eigvalsh(gram)[-1]), 1e-12)
+            for r in ratios:
+                w = self._fista(lambda z: gram @ z - corr, w, lam_max * r, step)
+                ws.append(w.copy())
+                bs.append(mu_y - mu_x @ w)
+            return np.stack(ws), np.stack(bs), lam_max
+        xc32 = xc.astype(np.float32)
+        prev = lam_max.copy()
         for r in ratios:
             lam = lam_max * r
-            z, t = w.copy(), 1.0
-            for _ in range(self.max_iter):  # FISTA
-                w_new = z - step * (gram @ z - corr)
-                w_new = np.sign(w_new) * np.maximum(np.abs(w_new) - step * lam, 0.0)
-                t_new = (1 + math.sqrt(1 + 4 * t * t)) / 2
-                z = w_new + ((t - 1) / t_new) * (w_new - w)
-                delta = np.abs(w_new - w).max()
-                w, t = w_new, t_new
-                if delta < self.tol:
+            c = np.abs(corr - (xc32.T @ (xc32 @ w.astype(np.float32))) / n)  # |x_jᵀ r| / n at the previous w
+            keep = ((c >= (2 * lam - prev)[None]) | (w != 0)).any(1)
+            while True:
+                cols = np.flatnonzero(keep)
+                xs, cs = xc[:, cols], corr[cols]
+                if len(cols) <= self.gram_limit:  # the kept columns' Gram matrix: O(kept²) per iteration
+                    gs = xs.T @ xs / n
+                    step = 1.0 / max(_top_eigenvalue(gs, gram=True) if len(cols) else 1.0, 1e-12)
+                    ws_ = self._fista(lambda z, gs=gs, cs=cs: gs @ z - cs, w[cols], lam, step)
+                else:
+                    step = 1.0 / max(_top_eigenvalue(xs) / n, 1e-12)
+                    ws_ = self._fista(lambda z, xs=xs, cs=cs: xs.T @ (xs @ z) / n - cs, w[cols], lam, step)
+                w = np.zeros_like(corr)
+                w[cols] = ws_
+                grad = np.abs(corr - xc.T @ (xc[:, cols] @ ws_) / n)  # optimality: |x_jᵀ r| / n ≤ λ off the set
+                violators = (grad > lam[None] * (1 + 1e-6) + 1e-12).any(1) & ~keep
+                if not violators.any():
                     break
+                keep |= violators
+            prev = lam
             ws.append(w.copy())
             bs.append(mu_y - mu_x @ w)
         return np.stack(ws), np.stack(bs), lam_max
@@ -327,7 +442,8 @@ class PlainAttention(nn.Module):
     """Single-head attention only: ``softmax(Q Kᵀ · scale) V`` -- no skip, no LayerNorm, no FFN.
 
     ``scale=None`` leaves the logits unscaled (the Rijal and canonical designs); Q/K/V have a bias
-    only when ``bias`` (the canonical design; Rijal's tokens carry a ones column instead).
+    only when ``bias`` (the canonical design; Rijal's tokens carry a ones column instead). Runs
+    ``F.scaled_dot_product_attention`` (``mask``: boolean, True = may attend).
     """
 
     def __init__(self, d_in: int, d_out: int, bias: bool, scale: float | None = None):
@@ -335,8 +451,10 @@ class PlainAttention(nn.Module):
         self.q, self.k, self.v = (nn.Linear(d_in, d_out, bias=bias) for _ in range(3))
         self.scale = 1.0 if scale is None else scale
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.scaled_dot_product_attention(self.q(x), self.k(x), self.v(x), scale=self.scale)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        # as (batch, 1 head, tokens, width): the 4-D layout lets SDPA pick its fused kernels (CPU flash too)
+        q, k, v = (f(x).unsqueeze(-3) for f in (self.q, self.k, self.v))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale).squeeze(-3)
 
 
 class RijalAttention(GenotypeModel):
@@ -345,41 +463,89 @@ class RijalAttention(GenotypeModel):
     Token of locus i: ``[x_i · R_i, 1]`` where ``R`` (L, d_model) is a *fixed* random matrix (a buffer,
     never trained) and the trailing 1 is the concatenated column of ones (it plays the role of a bias).
     A phenotype is one more input token ``[e_p, 1]`` (``e_p`` learned). ``n_layers`` plain attention layers
-    (:class:`PlainAttention`, unscaled, no skip, LayerNorm or FFN) map the L + 1 tokens; the output for
-    phenotype p is a learned linear readout of the phenotype token's final state. Every phenotype is a
-    separate pass, so the cost is P times that of one sequence.
+    (:class:`PlainAttention`, unscaled, no skip, LayerNorm or FFN) map the tokens; the output for
+    phenotype p is a learned linear readout of phenotype p's token's final state.
+
+    ``phenotype_pass``:
+
+    * ``"joint"`` (default) -- **one pass for all phenotypes**: the P phenotype tokens follow the locus
+      tokens in one sequence, under an attention mask by which a locus token attends to the locus tokens
+      only and a phenotype token to the locus tokens and itself. Phenotype tokens never see each other, so
+      each phenotype's output is exactly what a pass holding only its own token would give (one scalar per
+      (genotype, phenotype) pair, as published), at the cost of one sequence of L + P tokens instead of P
+      sequences of L + 1. What differs from the published pass: the locus tokens do not attend to the
+      phenotype token, so their states are shared by all phenotypes.
+    * ``"separate"`` -- the published computation: a separate pass of L + 1 tokens per phenotype, in
+      which the locus tokens also attend to the phenotype token (P times the cost).
+
+    With ``blocks``, a block token is the sum of its markers' ``x_m · R_m`` (see :class:`BlockTokens`).
     """
 
-    def __init__(self, n_loci: int, n_phenotypes: int, d_model: int = 12, n_layers: int = 3, seed: int = 0):
+    uses_blocks = True
+
+    def __init__(self, n_loci: int, n_phenotypes: int, d_model: int = 12, n_layers: int = 3, seed: int = 0,
+                 phenotype_pass: str = "joint", blocks: np.ndarray | None = None):
         super().__init__(n_loci, n_phenotypes)
-        self.hparams_dict = {"d_model": d_model, "n_layers": n_layers, "seed": seed}
+        if phenotype_pass not in {"joint", "separate"}:
+            raise ValueError(f"phenotype_pass must be 'joint' or 'separate', got {phenotype_pass!r}")
+        self.hparams_dict = {"d_model": d_model, "n_layers": n_layers, "seed": seed,
+                             "phenotype_pass": phenotype_pass}
+        self.phenotype_pass = phenotype_pass
         gen = torch.Generator().manual_seed(seed)
         self.register_buffer("random_embedding", torch.randn(n_loci, d_model, generator=gen) / math.sqrt(d_model))
+        self.tokens = BlockTokens(n_loci, blocks)
         self.phenotype_embed = nn.Embedding(n_phenotypes, d_model)
         width = d_model + 1
         self.layers = nn.ModuleList([PlainAttention(width, width, bias=False) for _ in range(n_layers)])
         self.readout = nn.Linear(width, 1)
+        T, P = self.tokens.n_tokens, n_phenotypes
+        mask = torch.zeros(T + P, T + P, dtype=torch.bool)
+        mask[:, :T] = True  # everyone reads the locus tokens
+        mask[T:, T:] = torch.eye(P, dtype=torch.bool)  # a phenotype token also reads itself, no other
+        self.register_buffer("joint_mask", mask, persistent=False)
+
+    def _ones(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t, t.new_ones(*t.shape[:-1], 1)], dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, P = x.shape[0], self.n_phenotypes
-        loci = x[..., None] * self.random_embedding  # (B, L, d)
+        loci = self.tokens.linear(x, self.random_embedding)  # (B, T, d)
         pheno = self.phenotype_embed.weight  # (P, d)
+        if self.phenotype_pass == "joint":
+            seq = self._ones(torch.cat([loci, pheno[None].expand(B, -1, -1)], dim=1))  # (B, T+P, d+1)
+            for layer in self.layers:
+                seq = layer(seq, self.joint_mask)
+            return self.readout(seq[:, -P:]).squeeze(-1)
         seq = torch.cat([loci[:, None].expand(B, P, -1, -1), pheno[None, :, None].expand(B, P, 1, -1)], dim=2)
-        seq = torch.cat([seq, seq.new_ones(*seq.shape[:-1], 1)], dim=-1).flatten(0, 1)  # (B·P, L+1, d+1)
+        seq = self._ones(seq).flatten(0, 1)  # (B·P, T+1, d+1)
         for layer in self.layers:
             seq = layer(seq)
         return self.readout(seq[:, -1]).view(B, P)
 
 
 class SignEmbedding(nn.Module):
-    """Token of locus i = ``E_i · x_i``: a learned ``Embedding(L, D)`` row times the allele sign (0 = missing)."""
+    """Token of locus i = ``E_i · x_i``: a learned ``Embedding(L, D)`` row times the allele sign (0 = missing).
 
-    def __init__(self, n_loci: int, d_model: int):
+    With ``blocks`` the token of a block is ``Σ_{m∈b} E_m · x_m`` (:class:`BlockTokens`).
+
+    ``E`` starts at ``N(0, init_std²)`` (GPT-style 0.02, not ``nn.Embedding``'s N(0, 1)): small tokens give
+    near-uniform attention at the start, so a model without skip connections (the canonical transformer)
+    begins as a linear model of the mean-pooled tokens instead of with saturated, random attention. On the
+    benchmark's 1,164-locus table this took the canonical transformer's additive-trait R² from 0.04 to 0.38.
+    """
+
+    def __init__(self, n_loci: int, d_model: int, blocks: np.ndarray | None = None, init_std: float = 0.02):
         super().__init__()
         self.embed = nn.Embedding(n_loci, d_model)
+        nn.init.normal_(self.embed.weight, std=init_std)
+        self.blocks = BlockTokens(n_loci, blocks)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.blocks.n_tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[..., None] * self.embed.weight
+        return self.blocks.linear(x, self.embed.weight)
 
 
 class CanonicalTransformer(GenotypeModel):
@@ -387,10 +553,13 @@ class CanonicalTransformer(GenotypeModel):
     mean-pool and ``Linear(D, P)`` predicting every phenotype jointly (no skip, LayerNorm or FFN).
     """
 
-    def __init__(self, n_loci: int, n_phenotypes: int, d_model: int = 128, n_layers: int = 3):
+    uses_blocks = True
+
+    def __init__(self, n_loci: int, n_phenotypes: int, d_model: int = 128, n_layers: int = 3,
+                 blocks: np.ndarray | None = None):
         super().__init__(n_loci, n_phenotypes)
         self.hparams_dict = {"d_model": d_model, "n_layers": n_layers}
-        self.tokens = SignEmbedding(n_loci, d_model)
+        self.tokens = SignEmbedding(n_loci, d_model, blocks)
         self.layers = nn.ModuleList([PlainAttention(d_model, d_model, bias=True) for _ in range(n_layers)])
         self.head = nn.Linear(d_model, n_phenotypes)
 
@@ -406,12 +575,14 @@ class VanillaTransformer(GenotypeModel):
     attention, ReLU FFN, dropout; no positional encoding), mean-pool, LayerNorm and a joint linear head.
     """
 
+    uses_blocks = True
+
     def __init__(self, n_loci: int, n_phenotypes: int, d_model: int = 256, n_layers: int = 3, n_heads: int = 4,
-                 d_ff: int = 1024, dropout: float = 0.1):
+                 d_ff: int = 1024, dropout: float = 0.1, blocks: np.ndarray | None = None):
         super().__init__(n_loci, n_phenotypes)
         self.hparams_dict = {"d_model": d_model, "n_layers": n_layers, "n_heads": n_heads, "d_ff": d_ff,
                              "dropout": dropout}
-        self.tokens = SignEmbedding(n_loci, d_model)
+        self.tokens = SignEmbedding(n_loci, d_model, blocks)
         layer = nn.TransformerEncoderLayer(d_model, n_heads, d_ff, dropout, activation="relu", batch_first=True,
                                            norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
@@ -425,17 +596,21 @@ class VanillaTransformer(GenotypeModel):
 class FarielloTransformer(GenotypeModel):
     """Fariello et al.: a linear embedding of the genotype vector to ``d_model`` per position
     (``token_i = x_i · W_i + b_i``, position-specific so no positional encoding is needed), a stock
-    post-LN ``nn.TransformerEncoder`` and an output FFN on the mean-pooled tokens.
+    post-LN ``nn.TransformerEncoder`` and an output FFN on the mean-pooled tokens. With ``blocks`` a
+    block's token is the sum of its markers' ``x_m · W_m + b_m``.
     """
 
+    uses_blocks = True
+
     def __init__(self, n_loci: int, n_phenotypes: int, d_model: int = 64, n_layers: int = 2, n_heads: int = 4,
-                 d_ff: int = 256, dropout: float = 0.1):
+                 d_ff: int = 256, dropout: float = 0.1, blocks: np.ndarray | None = None):
         super().__init__(n_loci, n_phenotypes)
         self.hparams_dict = {"d_model": d_model, "n_layers": n_layers, "n_heads": n_heads, "d_ff": d_ff,
                              "dropout": dropout}
         self.embed_weight = nn.Parameter(torch.empty(n_loci, d_model))
         self.embed_bias = nn.Parameter(torch.zeros(n_loci, d_model))
         nn.init.xavier_uniform_(self.embed_weight)
+        self.tokens = BlockTokens(n_loci, blocks)
         layer = nn.TransformerEncoderLayer(d_model, n_heads, d_ff, dropout, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.head = nn.Sequential(
@@ -443,7 +618,7 @@ class FarielloTransformer(GenotypeModel):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = x[..., None] * self.embed_weight + self.embed_bias
+        tokens = self.tokens.linear(x, self.embed_weight, self.embed_bias)
         return self.head(self.encoder(tokens).mean(1))
 
 
@@ -462,15 +637,21 @@ class LocusCellFormer(GenotypeModel):
     training batch, computed on the same pass that makes the predictions (the LayerNorm'd layer input).
     The rows and samples are drawn from the global torch RNG.
 
+    With ``blocks`` the tokens are linkage blocks (:class:`BlockTokens`: a block's token is the sum of its
+    markers' token vectors) and the locus graphs are graphs over the blocks.
+
     Args:
-        graphs: locus graphs by name (``GeneGraph`` over the L loci); only those in ``graph_reg`` are used.
+        graphs: locus graphs by name (``GeneGraph`` over the tokens: the L loci, or the blocks); only
+            those in ``graph_reg`` are used.
         d_model, n_layers, n_heads, d_ff (default 4·d_model), dropout: transformer size.
     """
+
+    uses_blocks = True
 
     def __init__(self, n_loci: int, n_phenotypes: int, graphs: Mapping[str, GeneGraph] | None = None,
                  d_model: int = 64, n_layers: int = 2, n_heads: int = 4, d_ff: int | None = None,
                  dropout: float = 0.0, token: str = "sign", graph_reg: dict[str, dict] | None = None,
-                 graph_samples: int = 8):
+                 graph_samples: int = 8, blocks: np.ndarray | None = None):
         super().__init__(n_loci, n_phenotypes)
         if token not in {"sign", "allele"}:
             raise ValueError(f"token must be 'sign' or 'allele', got {token!r}")
@@ -482,6 +663,7 @@ class LocusCellFormer(GenotypeModel):
                              "graph_samples": graph_samples}
         self.token, self.graph_samples = token, int(graph_samples)
         self.locus_embed = nn.Embedding(n_loci, d_model)
+        self.tokens = BlockTokens(n_loci, blocks)
         if token == "allele":
             self.allele_embed = nn.Embedding(3, d_model)
         self.cls_token = nn.Parameter(torch.zeros(d_model))
@@ -491,7 +673,7 @@ class LocusCellFormer(GenotypeModel):
         _init_linear(self)
         nn.init.normal_(self.locus_embed.weight, std=1.0)  # unit-scale identities (see CellFormer)
         nn.init.normal_(self.cls_token, std=0.02)
-        no_added = np.zeros(n_loci, dtype=bool)
+        no_added = np.zeros(self.tokens.n_tokens, dtype=bool)
         self._graph_names = list(self.graph_reg)
         for k, name in enumerate(self._graph_names):  # CSR Ã + valid rows, moved by .to(device)
             adjacency = normalized_adjacency(graphs[name], no_added, transpose=self.graph_reg[name].transpose)
@@ -499,11 +681,11 @@ class LocusCellFormer(GenotypeModel):
                 self.register_buffer(f"graph{k}_{part}", t, persistent=False)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, 1 + L, D): CLS first."""
+        """Tokens (B, 1 + T, D): CLS first (T = L loci, or the blocks)."""
         if self.token == "sign":
-            loci = x[..., None] * self.locus_embed.weight
+            loci = self.tokens.linear(x, self.locus_embed.weight)
         else:
-            loci = self.locus_embed.weight + self.allele_embed((x.round().long() + 1).clamp(0, 2))
+            loci = self.tokens(self.locus_embed.weight + self.allele_embed((x.round().long() + 1).clamp(0, 2)))
         return torch.cat([self.cls_token.expand(x.shape[0], 1, -1), loci], dim=1)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -556,15 +738,22 @@ MODELS: dict[str, type[GenotypeModel]] = {
     "cellformer": LocusCellFormer,
 }
 
+from cellformer.genotype import gbm as _gbm  # noqa: E402, F401  (registers "gbm"; imports GenotypeModel)
+
 
 def build_genotype_model(name: str, n_loci: int, n_phenotypes: int,
-                         graphs: Mapping[str, GeneGraph] | None = None, **hparams) -> GenotypeModel:
-    """Instantiate registered model ``name``; ``graphs`` (locus graphs) go to models that take them."""
+                         graphs: Mapping[str, GeneGraph] | None = None, blocks: np.ndarray | None = None,
+                         **hparams) -> GenotypeModel:
+    """Instantiate registered model ``name``; ``graphs`` (locus graphs) go to models that take them and
+    ``blocks`` (a block index per marker) to the models whose tokens can be blocks."""
     from cellformer.errors import unknown_name_error
 
     if name not in MODELS:
         raise unknown_name_error("genotype model", name, MODELS)
     cls = MODELS[name]
+    context: dict = {}
     if cls is LocusCellFormer:
-        return cls(n_loci, n_phenotypes, graphs=graphs, **hparams)
-    return cls(n_loci, n_phenotypes, **hparams)
+        context["graphs"] = graphs
+    if cls.uses_blocks and blocks is not None:
+        context["blocks"] = blocks
+    return cls(n_loci, n_phenotypes, **context, **hparams)

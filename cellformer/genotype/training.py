@@ -1,16 +1,20 @@
-"""Training in genotype mode: a LightningDataModule, a LightningModule and checkpoint loading.
+"""Training in genotype mode: a LightningDataModule, a LightningModule and checkpoint loading, on the base
+classes perturbation mode uses (:mod:`cellformer.training.base`).
 
 * :class:`GenotypeDataModule` loads a genotype dataset (HDF5), or simulates one in memory, picks the
-  phenotypes and split, standardises every phenotype with **training-split** statistics and builds the
-  locus graphs (LD on training rows only) into a :class:`GenotypeContext`.
+  phenotypes and split, standardises every phenotype with **training-split** statistics, groups markers
+  into linkage blocks (``blocks``, training rows only) and builds the locus graphs (LD on training rows
+  only) into a :class:`GenotypeContext`.
 * :class:`GenotypeModule` trains any model of :data:`cellformer.genotype.models.MODELS` with a NaN-masked
   MSE on standardised targets. ``val_loss`` is the phenotype loss alone (auxiliary graph terms are logged
-  as ``train/graph/<name>`` and never enter checkpoint selection); predictions and test metrics are in
-  original units. Closed-form models (ridge, LASSO) are solved at the start of ``fit``; no gradient step
-  is taken and the first epoch ends the run.
+  as ``<stage>/graph/<name>`` and never enter checkpoint selection or early stopping); predictions and test
+  metrics are in original units. Closed-form models (ridge, LASSO, GBM) are solved at the start of ``fit``;
+  no gradient step is taken and the first epoch ends the run.
+* :class:`KeepBest` keeps the best validation's weights in memory; :class:`ValidationCurve` records the
+  validation curve (the benchmark reports where it reached its plateau).
 * :func:`load_genotype_checkpoint` rebuilds the model from a checkpoint with ``torch.load(weights_only=True)``;
-  the checkpoint carries locus ids, phenotype names, standardisation statistics, locus graphs, model name
-  and hyper-parameters.
+  the checkpoint carries locus ids, phenotype names, standardisation statistics, locus graphs, linkage blocks,
+  model name and hyper-parameters (and, for GBM, each booster's LightGBM text dump).
 """
 
 from __future__ import annotations
@@ -26,14 +30,14 @@ import lightning as L
 import numpy as np
 import scipy.sparse as sp
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from cellformer.errors import UserError
+from cellformer.genotype.blocks import ld_blocks, parse_blocks
 from cellformer.genotype.locus_graph import build_locus_graphs
 from cellformer.genotype.models import GenotypeModel, build_genotype_model
 from cellformer.graphs.graph import GeneGraph
-from cellformer.training.metrics import format_metrics_table, masked_mse, regression_metrics
-from cellformer.training.optim import adamw_warmup_cosine
+from cellformer.training.base import BatchOutputs, RegressionModule, SplitDataModule
 
 CHECKPOINT_KEY = "cellformer_genotype"
 CHECKPOINT_VERSION = 1
@@ -48,7 +52,8 @@ class GenotypeContext:
     phenotype_names: list[str]
     y_mean: np.ndarray  # (P,) training-split mean of each phenotype
     y_std: np.ndarray  # (P,) training-split standard deviation (1 where undefined)
-    graphs: dict[str, GeneGraph] = field(default_factory=dict)
+    graphs: dict[str, GeneGraph] = field(default_factory=dict)  # over the tokens (loci, or blocks)
+    blocks: np.ndarray | None = None  # (L,) block index per locus (linkage blocks; None = a token per locus)
     alleles: dict[str, str] = field(default_factory=dict)  # the data's allele coding (GenotypeData.alleles)
 
     def standardise(self, y: np.ndarray) -> np.ndarray:
@@ -56,6 +61,10 @@ class GenotypeContext:
 
     def destandardise(self, y: np.ndarray) -> np.ndarray:
         return (y * self.y_std + self.y_mean).astype(np.float32)
+
+    def destandardise_tensor(self, y: torch.Tensor) -> torch.Tensor:
+        std = torch.as_tensor(self.y_std, dtype=torch.float32, device=y.device)
+        return y.float() * std + torch.as_tensor(self.y_mean, dtype=torch.float32, device=y.device)
 
     def to_checkpoint(self) -> dict:
         graphs = {}
@@ -73,6 +82,7 @@ class GenotypeContext:
             "y_mean": torch.as_tensor(self.y_mean, dtype=torch.float64),
             "y_std": torch.as_tensor(self.y_std, dtype=torch.float64),
             "graphs": graphs,
+            "blocks": None if self.blocks is None else torch.as_tensor(self.blocks, dtype=torch.int64),
             "alleles": dict(self.alleles),
         }
 
@@ -83,8 +93,10 @@ class GenotypeContext:
             n = d["num_nodes"]
             adj = sp.csr_matrix((d["data"].numpy(), d["indices"].numpy(), d["indptr"].numpy()), shape=(n, n))
             graphs[name] = GeneGraph(name, adj, d["directed"])
+        blocks = meta.get("blocks")  # absent from checkpoints written before linkage blocks existed
         return cls(list(meta["locus_ids"]), list(meta["phenotype_names"]), meta["y_mean"].numpy(),
-                   meta["y_std"].numpy(), graphs, dict(meta.get("alleles") or {}))
+                   meta["y_std"].numpy(), graphs, None if blocks is None else blocks.numpy(),
+                   dict(meta.get("alleles") or {}))
 
 
 def standardisation(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +123,7 @@ class _Rows(Dataset):
         return int(self.rows[i])
 
 
-class GenotypeDataModule(L.LightningDataModule):
+class GenotypeDataModule(SplitDataModule):
     """Serves train/val/test rows of a genotype dataset as ``(x (B, L) float, y (B, P) standardised, index)``.
 
     Args:
@@ -121,7 +133,11 @@ class GenotypeDataModule(L.LightningDataModule):
         phenotypes: the phenotypes to predict (default all).
         split: ``stored`` (the dataset's split) or ``random`` (``val_fraction``, ``test_fraction``, ``split_seed``).
         train_samples: keep only this many training rows (seeded by ``split_seed``; learning curves).
-        locus_graphs: graph name -> spec (see :mod:`cellformer.genotype.locus_graph`), for the locus CellFormer.
+        locus_graphs: graph name -> spec (see :mod:`cellformer.genotype.locus_graph`), for the locus CellFormer
+            (over the blocks when ``blocks`` is set).
+        blocks: group adjacent markers in high LD on the training split into one token, e.g. ``{r2: 0.9}``,
+            ``{max_tokens: 1500}`` or ``"r2=0.9"`` (see :mod:`cellformer.genotype.blocks`); saved in the
+            context and the checkpoint. Used by the token models; the others read every marker.
         batch_size, num_workers: loader settings.
         data: an in-memory :class:`~cellformer.genotype.data.GenotypeData` (programmatic use; not saved).
     """
@@ -137,6 +153,7 @@ class GenotypeDataModule(L.LightningDataModule):
         split_seed: int = 0,
         train_samples: int | None = None,
         locus_graphs: dict[str, dict] | None = None,
+        blocks: dict[str, float] | str | None = None,
         batch_size: int = 128,
         num_workers: int = 0,
         data: Any = None,
@@ -164,9 +181,13 @@ class GenotypeDataModule(L.LightningDataModule):
         if len(train) == 0:
             raise UserError("the training split is empty")
         mean, std = standardisation(data.phenotypes[train].astype(np.float64))
-        graphs = build_locus_graphs(locus_graphs, data, train)
+        spec = parse_blocks(blocks)
+        block_index = None
+        if spec is not None:
+            block_index = ld_blocks(data.genotypes[train], data.loci.chrom, spec["r2"], spec["max_tokens"])
+        graphs = build_locus_graphs(locus_graphs, data, train, blocks=block_index)
         self.context = GenotypeContext(list(data.loci.ids), list(data.phenotype_names), mean, std, graphs,
-                                       getattr(data, "alleles", None) or {})
+                                       block_index, getattr(data, "alleles", None) or {})
         self.x = torch.from_numpy(np.ascontiguousarray(data.genotypes))  # int8, converted per batch
         self.y = torch.from_numpy(self.context.standardise(data.phenotypes))
 
@@ -190,38 +211,32 @@ class GenotypeDataModule(L.LightningDataModule):
         rows = self.split_index[split]
         return self.x[rows].float().numpy(), self.y[rows].numpy()
 
-    def _collate(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def dataset(self, split: str) -> Dataset:
+        return _Rows(self.split_index[split])
+
+    def collate(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows = torch.as_tensor(idx, dtype=torch.long)
         return self.x[rows].float(), self.y[rows], rows
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(_Rows(self.split_index[split]), batch_size=self.hparams.batch_size, shuffle=shuffle,
-                          collate_fn=self._collate, num_workers=self.hparams.num_workers,
-                          drop_last=shuffle and len(self.split_index[split]) > self.hparams.batch_size)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+    def drop_last(self, split: str, shuffle: bool) -> bool:
+        return shuffle and len(self.split_index[split]) > self.hparams.batch_size
 
 
 # ---------------------------------------------------------------------- module
-class GenotypeModule(L.LightningModule):
-    """Trains a genotype model (``model``: ridge, lasso, mlp, rijal_attention, canonical_transformer,
-    vanilla_transformer, fariello_transformer, cellformer).
+class GenotypeModule(RegressionModule):
+    """Trains a genotype model (``model``: ridge, lasso, gbm, mlp, rijal_attention, canonical_transformer,
+    vanilla_transformer, fariello_transformer, cellformer) on the shared
+    :class:`~cellformer.training.base.RegressionModule` (NaN-masked MSE on standardised targets, mean over
+    measured phenotypes; ``val_loss`` = that loss alone; metrics in original units).
 
     Args:
         model: registered model name; ``model_args`` its hyper-parameters.
         lr, weight_decay: AdamW; ``warmup_steps`` linear warm-up then cosine decay to ``lr · min_lr_ratio``.
-        context: linked from the data module by the CLI (locus ids, phenotypes, standardisation, graphs).
+        context: linked from the data module by the CLI (locus ids, phenotypes, standardisation, graphs,
+            blocks).
     """
+
+    quiet_test_table = True
 
     def __init__(
         self,
@@ -239,16 +254,15 @@ class GenotypeModule(L.LightningModule):
             raise UserError("GenotypeModule needs the data context (linked from the data module by the CLI)")
         self.context: GenotypeContext = context
         self.model: GenotypeModel = build_genotype_model(
-            model, len(context.locus_ids), len(context.phenotype_names), graphs=context.graphs, **(model_args or {})
+            model, len(context.locus_ids), len(context.phenotype_names), graphs=context.graphs,
+            blocks=context.blocks, **(model_args or {})
         )
         self.automatic_optimization = not self.model.closed_form
-        self._store: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-        self.last_metrics: dict[str, dict[str, dict[str, float]]] = {}
         self.closed_form_info: dict = {}
 
     @property
-    def phenotype_names(self) -> list[str]:
-        return list(self.context.phenotype_names)
+    def trainable(self) -> bool:
+        return not self.model.closed_form
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Standardised predictions (B, P)."""
@@ -263,80 +277,32 @@ class GenotypeModule(L.LightningModule):
         xv, yv = dm.arrays("val")
         self.closed_form_info = self.model.fit_closed_form(x, y, xv if len(xv) else None, yv if len(yv) else None)
 
+    def on_train_epoch_end(self) -> None:
+        if self.model.closed_form:  # solved in on_fit_start: the run stops after this epoch's validation
+            self.trainer.should_stop = True
+
     # ------------------------------------------------------------------ steps
-    def _phenotype_loss(self, pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mse, count = masked_mse(pred.float(), y)
-        measured = (count > 0).float()
-        return (mse * measured).sum() / measured.sum().clamp(min=1.0), mse
+    def batch_outputs(self, batch, stage: str) -> BatchOutputs:
+        x, y, rows = batch
+        if stage == "train":
+            pred, aux = self.model.forward_with_losses(x)
+        else:
+            pred, aux = self.model(x), {}
+        return BatchOutputs(pred, y, rows, self.context.destandardise_tensor(pred.detach()),
+                            self.context.destandardise_tensor(y), aux, len(x))
 
     def training_step(self, batch, batch_idx: int):
-        x, y, _ = batch
-        if self.model.closed_form:  # solved in on_fit_start; the run stops after this epoch's validation
+        if self.model.closed_form:
             if batch_idx == 0:  # the solve counts as one optimisation step, so checkpoint callbacks save it
                 progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
                 progress.increment_ready()
                 progress.increment_completed()
             return None
-        pred, aux = self.model.forward_with_losses(x)
-        loss, _ = self._phenotype_loss(pred, y)
-        total = loss + sum(aux.values(), torch.zeros((), device=loss.device))
-        log = {"train/phenotype_loss": loss, "train/loss": total, **{f"train/{k}": v for k, v in aux.items()}}
-        self.log_dict(log, batch_size=len(x), on_step=True, on_epoch=True)
-        self.log("train_loss", total, batch_size=len(x), prog_bar=True, on_step=True, on_epoch=False)
-        return total
-
-    def _eval_step(self, batch, stage: str) -> None:
-        x, y, _ = batch
-        pred = self.model(x)
-        loss, _ = self._phenotype_loss(pred, y)
-        self.log(f"{stage}_loss", loss, batch_size=len(x), prog_bar=True, on_epoch=True)
-        self._store.setdefault(stage, []).append((pred.detach().float().cpu(), y.cpu()))
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+        return super().training_step(batch, batch_idx)
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return torch.from_numpy(self.context.destandardise(self.model(x).float().cpu().numpy()))
-
-    def _epoch_metrics(self, stage: str) -> dict[str, dict[str, float]]:
-        store = self._store.pop(stage, [])
-        if not store:
-            return {}
-        pred = self.context.destandardise(torch.cat([s[0] for s in store]).numpy())
-        y = self.context.destandardise(torch.cat([s[1] for s in store]).numpy())
-        metrics = regression_metrics(pred, y, self.phenotype_names)
-        flat = {f"{stage}/{k}/{n}": m[k] for n, m in metrics.items() for k in ("pearson", "r2") if not math.isnan(m[k])}
-        means = {k: float(np.nanmean([m[k] for m in metrics.values()])) for k in ("pearson", "r2")
-                 if any(not math.isnan(m[k]) for m in metrics.values())}
-        flat.update({f"{stage}/{k}_mean": v for k, v in means.items()})
-        if flat and not self.trainer.sanity_checking:
-            self.log_dict(flat)
-        self.last_metrics[stage] = metrics
-        return metrics
-
-    def on_validation_epoch_end(self) -> None:
-        self._epoch_metrics("val")
-
-    def on_train_epoch_end(self) -> None:
-        if self.model.closed_form:
-            self.trainer.should_stop = True
-
-    def on_test_epoch_end(self) -> None:
-        metrics = self._epoch_metrics("test")
-        if metrics and self.trainer.is_global_zero and self.trainer.progress_bar_callback is not None:
-            print("\n" + format_metrics_table(metrics, f"test metrics ({self.hparams.model})") + "\n")
-
-    # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self):
-        if self.model.closed_form:
-            return None
-        hp = self.hparams
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1000
-        return adamw_warmup_cosine(self.model, hp.lr, hp.weight_decay, hp.warmup_steps, hp.min_lr_ratio, total)
+        return self.context.destandardise_tensor(self.model(x)).cpu()
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -364,11 +330,37 @@ class KeepBest(L.Callback):
             return
         if float(value) < self.best:
             self.best = float(value)
-            self.state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+            self.state = {k: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v)
+                          for k, v in pl_module.state_dict().items()}
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.state is not None:
             pl_module.load_state_dict(self.state)
+
+
+class ValidationCurve(L.Callback):
+    """Record the validation curve: ``curve`` is a list of ``{step, val_loss, val_r2}`` (mean R² over
+    phenotypes), one entry per validation run outside the sanity check. :meth:`summary` tells where the
+    curve reached its best value (its plateau) and how many steps ran."""
+
+    def __init__(self):
+        self.curve: list[dict] = []
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        m = trainer.callback_metrics
+        loss, r2 = m.get("val_loss"), m.get("val/mean_r2")
+        self.curve.append({"step": int(trainer.global_step), "val_loss": float(loss) if loss is not None else math.nan,
+                           "val_r2": float(r2) if r2 is not None else math.nan})
+
+    def summary(self) -> dict:
+        """``{validations, best_step, best_val_loss, best_val_r2}`` (NaN / -1 when nothing was validated)."""
+        if not self.curve:
+            return {"validations": 0, "best_step": -1, "best_val_loss": math.nan, "best_val_r2": math.nan}
+        best = min(self.curve, key=lambda c: c["val_loss"] if not math.isnan(c["val_loss"]) else math.inf)
+        return {"validations": len(self.curve), "best_step": best["step"], "best_val_loss": best["val_loss"],
+                "best_val_r2": best["val_r2"]}
 
 
 # ---------------------------------------------------------------------- loading
@@ -388,7 +380,7 @@ def load_genotype_checkpoint(
                         f"{CHECKPOINT_VERSION}")
     context = GenotypeContext.from_checkpoint(meta)
     model = build_genotype_model(meta["model"], len(context.locus_ids), len(context.phenotype_names),
-                                 graphs=context.graphs, **meta["model_hparams"])
+                                 graphs=context.graphs, blocks=context.blocks, **meta["model_hparams"])
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
     return model.eval(), context, meta

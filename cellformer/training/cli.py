@@ -328,16 +328,37 @@ class SafeLightningCLI(LightningCLI):
             raise UserError(f"trainer: {' '.join(str(exc).split())}") from None
 
 
-class CellformerCLI(SafeLightningCLI):
-    """LightningCLI with the data context linked into the model and a test run after ``fit``.
+class ContextCLI(SafeLightningCLI):
+    """:class:`SafeLightningCLI` with the data module's ``context`` linked into the model and a test run after
+    ``fit`` (the base of both modes' CLIs).
 
     ``--test_after_fit false`` skips the test run that follows training (on the best checkpoint when
-    a ModelCheckpoint monitors a metric, else on the final weights).
+    a ModelCheckpoint monitors a metric, else on the final weights). :attr:`context_target` is the model
+    argument the context goes to (``model.init_args.context`` where the model class is a subclass choice).
     """
 
+    context_target = "model.context"
+
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data", "model.context", compute_fn=lambda dm: dm.context, apply_on="instantiate")
+        parser.link_arguments("data", self.context_target, compute_fn=lambda dm: dm.context, apply_on="instantiate")
         parser.add_argument("--test_after_fit", type=bool, default=True, help="run `test` after `fit`")
+
+
+    def after_fit(self) -> None:
+        cfg = self.config.get(self.subcommand, self.config)
+        if not cfg.get("test_after_fit", True) or self.trainer.fast_dev_run:
+            return
+        if len(self.datamodule.split_index["test"]) == 0:
+            print("[cellformer] no test records: skipping the test run")
+            return
+        cb = self.trainer.checkpoint_callback
+        ckpt = "best" if cb is not None and cb.monitor is not None and cb.best_model_path else None
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+
+
+class CellformerCLI(ContextCLI):
+    """The perturbation-mode CLI: the registered models' hyper-parameters are checked (and completed) with the
+    rest of the config."""
 
     def _config_keys(self) -> list[str]:
         """Every option the parsers know and the models' hyper-parameters (``model.model_args.d_model``)."""
@@ -356,17 +377,6 @@ class CellformerCLI(SafeLightningCLI):
         model = cfg.get("model")
         if model is not None:
             model["model_args"] = check_model_args(model.get("model", "cellformer"), model.get("model_args"))
-
-    def after_fit(self) -> None:
-        cfg = self.config.get(self.subcommand, self.config)
-        if not cfg.get("test_after_fit", True) or self.trainer.fast_dev_run:
-            return
-        if len(self.datamodule.split_index["test"]) == 0:
-            print("[cellformer] no test records: skipping the test run")
-            return
-        cb = self.trainer.checkpoint_callback
-        ckpt = "best" if cb is not None and cb.monitor is not None and cb.best_model_path else None
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
 
 
 def main(argv: list[str] | None = None) -> int:

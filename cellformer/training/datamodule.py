@@ -1,12 +1,11 @@
-"""LightningDataModule: dataset file + genome + graphs -> train/val/test loaders."""
+"""LightningDataModule: dataset file + genome + graphs -> train/val/test loaders (on the shared
+:class:`~cellformer.training.base.SplitDataModule`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader
 
 from cellformer.data.context import DataContext
 from cellformer.data.dataset import SPLITS, PerturbationData, PerturbationDataset, identity_collate
@@ -15,6 +14,7 @@ from cellformer.defaults import DEFAULT_DATASET, YEAST_GRAPHS
 from cellformer.errors import UserError
 from cellformer.genome import load_genome
 from cellformer.graphs import load_graphs
+from cellformer.training.base import SplitDataModule
 
 
 def is_embedded(dataset: str) -> bool:
@@ -48,7 +48,7 @@ def embedded_dataset(dataset: str, genome) -> tuple[Path, PerturbationData]:
     return path, PerturbationData.load(path)
 
 
-class PerturbationDataModule(L.LightningDataModule):
+class PerturbationDataModule(SplitDataModule):
     """Loads a perturbation dataset (HDF5) with its genome and graphs and serves the splits.
 
     Args:
@@ -170,27 +170,8 @@ class PerturbationDataModule(L.LightningDataModule):
             rows = np.random.default_rng([self.hparams.split_seed, 0x6576616C]).permutation(rows)
         return PerturbationDataset(self.data, rows)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.dataset(split),
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            num_workers=self.hparams.num_workers,
-            collate_fn=identity_collate,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    def collate(self, items):
+        return identity_collate(items)  # the dataset batches itself (``__getitems__``)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
         return batch.to(device)

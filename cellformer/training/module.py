@@ -1,11 +1,11 @@
-"""LightningModule: any registered phenotype model + NaN-masked loss + metrics + monitoring."""
+"""LightningModule: any registered phenotype model on the shared :class:`~cellformer.training.base.RegressionModule`
+(NaN-masked loss, metrics, optimiser) + encoding cache + monitoring."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 
@@ -13,11 +13,10 @@ from cellformer.data.dataset import PerturbationBatch, PerturbationData
 from cellformer.errors import UserError
 from cellformer.models.checkpoint import CHECKPOINT_KEY, CHECKPOINT_VERSION, check_genome, context_to_checkpoint
 from cellformer.models.registry import build_model
-from cellformer.training.metrics import format_metrics_table, masked_mse, regression_metrics
-from cellformer.training.optim import adamw_warmup_cosine
+from cellformer.training.base import BatchOutputs, RegressionModule
 
 
-class PhenotypeModule(L.LightningModule):
+class PhenotypeModule(RegressionModule):
     """Trains a phenotype model (``model``: cellformer, dango, lazy, neighbor, additive, graph_smoothing).
 
     Phenotypes are standardised with training-split statistics (set at ``fit`` from the data module and
@@ -65,12 +64,6 @@ class PhenotypeModule(L.LightningModule):
         if bad:
             raise UserError(f"phenotype_weights must be finite and ≥ 0; got {bad}")
         self.register_buffer("pheno_weight", torch.tensor([weights.get(n, 1.0) for n in names]), persistent=False)
-        self._eval_store: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
-        self.last_metrics: dict[str, dict[str, dict[str, float]]] = {}
-
-    @property
-    def phenotype_names(self) -> list[str]:
-        return list(self.context.phenotype_names)
 
     def forward(self, batch: PerturbationBatch):
         return self.model(batch)
@@ -93,49 +86,19 @@ class PhenotypeModule(L.LightningModule):
         self.model.set_target_scaling(mean, std)
         self.model.fit_records(data, np.asarray(train_rows))
 
-    def _loss(self, batch: PerturbationBatch, stage: str):
+    @property
+    def trainable(self) -> bool:
+        return self.model.trainable
+
+    def reduce_mse(self, mse: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """The weighted sum of the per-phenotype MSEs (``phenotype_weights``, default 1 each)."""
+        return (self.pheno_weight * mse).sum()
+
+    def batch_outputs(self, batch: PerturbationBatch, stage: str) -> BatchOutputs:
         out = self.model(batch)
         std = self.model.standardise
-        mse, count = masked_mse(std(out.pred.float()), std(batch.y))
-        pheno_loss = (self.pheno_weight * mse).sum()
-        total = pheno_loss + sum(out.losses.values(), torch.zeros((), device=pheno_loss.device))
-        if not torch.isfinite(total) and stage == "train":
-            terms = {"phenotype": float(pheno_loss), **{k: float(v) for k, v in out.losses.items()}}
-            raise FloatingPointError(f"non-finite training loss at step {self.global_step}: {terms}")
-        bs = batch.num_samples
-        log = {f"{stage}/total_loss": total, f"{stage}/phenotype_loss": pheno_loss}
-        for name, c, m in zip(self.phenotype_names, count, mse, strict=True):
-            if c > 0:
-                log[f"{stage}/mse/{name}"] = m
-        for name, v in out.losses.items():
-            log[f"{stage}/{name}"] = v
-        self.log_dict(
-            log, batch_size=bs, on_step=stage == "train", on_epoch=True, prog_bar=False, sync_dist=stage != "train"
-        )
-        self.log(
-            f"{stage}_loss",
-            pheno_loss,
-            batch_size=bs,
-            prog_bar=True,
-            on_step=stage == "train",
-            on_epoch=True,
-            sync_dist=stage != "train",
-        )
-        return total, out
-
-    def training_step(self, batch: PerturbationBatch, batch_idx: int) -> torch.Tensor | None:
-        loss, _ = self._loss(batch, "train")
-        return loss if self.model.trainable else None  # closed-form models: nothing to step
-
-    def _eval_step(self, batch: PerturbationBatch, stage: str) -> None:
-        _, out = self._loss(batch, stage)
-        self._eval_store.setdefault(stage, []).append((batch.index.detach(), out.pred.detach().float(), batch.y))
-
-    def validation_step(self, batch: PerturbationBatch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: PerturbationBatch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+        return BatchOutputs(std(out.pred.float()), std(batch.y), batch.index, out.pred, batch.y, dict(out.losses),
+                            batch.num_samples)
 
     def predict_step(self, batch: PerturbationBatch, batch_idx: int) -> torch.Tensor:
         return self.model(batch).pred
@@ -157,39 +120,9 @@ class PhenotypeModule(L.LightningModule):
     def on_predict_epoch_end(self) -> None:
         self._encoding_cache(False)
 
-    def _gather(self, stage: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        store = self._eval_store.pop(stage, [])
-        if not store:
-            return np.zeros(0, np.int64), np.zeros((0, len(self.phenotype_names))), np.zeros((0, 0))
-        idx = torch.cat([s[0] for s in store])
-        pred = torch.cat([s[1] for s in store])
-        y = torch.cat([s[2] for s in store])
-        if self.trainer is not None and self.trainer.world_size > 1:
-            idx, pred, y = (self.all_gather(t).flatten(0, 1) for t in (idx, pred, y))
-        idx_np = idx.cpu().numpy()
-        # a DistributedSampler pads with repeats: keep each record once
-        _, first = np.unique(idx_np, return_index=True)
-        return idx_np[first], pred.cpu().numpy()[first], y.cpu().numpy()[first]
-
-    def _epoch_metrics(self, stage: str) -> dict[str, dict[str, float]]:
-        _, pred, y = self._gather(stage)
-        metrics = regression_metrics(pred, y, self.phenotype_names)
-        flat = {}
-        for name, m in metrics.items():
-            for k in ("pearson", "spearman", "r2", "mse"):
-                if not math.isnan(m[k]):
-                    flat[f"{stage}/{k}/{name}"] = m[k]
-        pearsons = [m["pearson"] for m in metrics.values() if not math.isnan(m["pearson"])]
-        if pearsons:
-            flat[f"{stage}/mean_pearson"] = float(np.mean(pearsons))
-        if flat:
-            self.log_dict(flat, rank_zero_only=True)
-        self.last_metrics[stage] = metrics
-        return metrics
-
     def on_validation_epoch_end(self) -> None:
         self._encoding_cache(False)
-        self._epoch_metrics("val")
+        super().on_validation_epoch_end()
         if not self.trainer.sanity_checking:
             values = self.model.monitor(rows=self.hparams.monitor_rows)
             if values:
@@ -197,17 +130,7 @@ class PhenotypeModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._encoding_cache(False)
-        metrics = self._epoch_metrics("test")
-        if self.trainer.is_global_zero:
-            print("\n" + format_metrics_table(metrics, f"test metrics ({self.hparams.model})") + "\n")
-
-    # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self):
-        if not self.model.trainable:
-            return None  # closed-form model (fitted in ``setup``)
-        hp = self.hparams
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1000
-        return adamw_warmup_cosine(self.model, hp.lr, hp.weight_decay, hp.warmup_steps, hp.min_lr_ratio, total)
+        super().on_test_epoch_end()
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
