@@ -36,14 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cellformer.graphs.graph import GeneGraph
-from cellformer.models.graph_reg import (
-    GraphRegConfig,
-    head_log_attention,
-    normalized_adjacency,
-    parse_graph_reg,
-    row_kl,
-    sample_rows,
-)
+from cellformer.models.graph_reg import GraphRegConfig, GraphRegularizer, parse_graph_reg
 from cellformer.models.layers import Block
 
 
@@ -673,12 +666,8 @@ class LocusCellFormer(GenotypeModel):
         _init_linear(self)
         nn.init.normal_(self.locus_embed.weight, std=1.0)  # unit-scale identities (see CellFormer)
         nn.init.normal_(self.cls_token, std=0.02)
-        no_added = np.zeros(self.tokens.n_tokens, dtype=bool)
-        self._graph_names = list(self.graph_reg)
-        for k, name in enumerate(self._graph_names):  # CSR Ã + valid rows, moved by .to(device)
-            adjacency = normalized_adjacency(graphs[name], no_added, transpose=self.graph_reg[name].transpose)
-            for part, t in adjacency.items():
-                self.register_buffer(f"graph{k}_{part}", t, persistent=False)
+        # rows drawn from the global torch RNG (no generator of its own)
+        self.regularizer = GraphRegularizer(graphs, self.graph_reg, np.zeros(self.tokens.n_tokens, dtype=bool))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens (B, 1 + T, D): CLS first (T = L loci, or the blocks)."""
@@ -702,28 +691,15 @@ class LocusCellFormer(GenotypeModel):
 
     def forward_with_losses(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         h, inputs = self.encode(x)
-        losses = {f"graph/{name}": self.graph_loss(name, inputs) for name in self._graph_names}
+        losses = {f"graph/{name}": self.graph_loss(name, inputs) for name in self.graph_reg}
         return self.head(h[:, 0]), losses
-
-    def graph_tensors(self, name: str) -> dict[str, torch.Tensor]:
-        k = self._graph_names.index(name)
-        return {p: getattr(self, f"graph{k}_{p}") for p in ("crow", "col", "val", "valid")}
 
     def graph_loss(self, name: str, layer_inputs: list[torch.Tensor], rows: torch.Tensor | None = None,
                    samples: int | None = None) -> torch.Tensor:
-        """``λ · mean_{samples} mean_{rows} KL(Ã_i ‖ α_i)`` of graph ``name`` from a pass's layer inputs."""
-        cfg = self.graph_reg[name]
-        g = self.graph_tensors(name)
-        rows = sample_rows(g["valid"], cfg.rows) if rows is None else rows
-        if rows.numel() == 0:
-            return layer_inputs[0].new_zeros(()).float()
-        kls = []
-        for layer in cfg.layers:  # mean over the tied layers and the first `graph_samples` samples
-            x, attn = layer_inputs[layer], self.blocks[layer].attn
-            for s in range(min(samples or self.graph_samples, x.shape[0])):
-                log_alpha = head_log_attention(x[s], attn, cfg.head, rows)
-                kls.append(row_kl(log_alpha, rows, g["crow"], g["col"], g["val"]).mean())
-        return cfg.weight * torch.stack(kls).mean()
+        """``λ · mean_{samples} mean_{rows} KL(Ã_i ‖ α_i)`` of graph ``name`` over the first ``graph_samples``
+        sequences of a pass (:class:`~cellformer.models.graph_reg.GraphRegularizer`)."""
+        first = [x[: samples or self.graph_samples] for x in layer_inputs]
+        return self.regularizer.loss(name, first, [block.attn for block in self.blocks], rows)
 
 
 #: registry name -> model class
