@@ -40,12 +40,14 @@ class MeanOperator(nn.Module):
         adj = sp.coo_matrix(keep @ adj @ keep)
         deg = np.asarray(adj.sum(axis=1)).ravel()
         inv = np.divide(1.0, deg, out=np.zeros_like(deg), where=deg > 0)
-        self.register_buffer("row", torch.from_numpy(adj.row.astype(np.int64)), persistent=False)
-        self.register_buffer("col", torch.from_numpy(adj.col.astype(np.int64)), persistent=False)
-        self.register_buffer("val", torch.from_numpy((adj.data * inv[adj.row]).astype(np.float32)), persistent=False)
+        index = torch.from_numpy(np.stack([adj.row, adj.col]).astype(np.int64))
+        values = torch.from_numpy((adj.data * inv[adj.row]).astype(np.float32))
+        matrix = torch.sparse_coo_tensor(index, values, (n, n), check_invariants=False).coalesce()
+        self.register_buffer("matrix", matrix, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(x).index_add(0, self.row, self.val[:, None].to(x.dtype) * x[self.col])
+        with torch.autocast(x.device.type, enabled=False):  # sparse kernels run in float32
+            return torch.sparse.mm(self.matrix, x.float()).to(x.dtype)
 
 
 def structural_encoding(graphs: Sequence, num_genes: int, dim: int) -> np.ndarray:
