@@ -164,3 +164,35 @@ def test_gene_holdout_strict():
             train_genes |= genes
     assert not train_genes & (test_genes | val_genes)
     assert (split == -1).sum() > 0 and (split == SPLITS["test"]).sum() > 0
+
+
+def test_split_overlap_counts_shared_and_conflicting_sets_like_a_dictionary_would():
+    """The vectorised train/test overlap equals a plain dictionary over (sorted gene/type pairs, condition)."""
+    from cellformer.data.dataset import split_overlap
+
+    def reference(data):
+        rows: dict = {}
+        for r in np.flatnonzero((data.split == 0) | (data.split == 2)).tolist():
+            g, t, _ = data.record(r)
+            key = (tuple(sorted(zip(g.tolist(), t.tolist(), strict=True))), data.condition[r] if data.condition else "")
+            rows.setdefault(key, [[], []])[0 if data.split[r] == 0 else 1].append(r)
+        shared = [(tr, te) for tr, te in rows.values() if tr and te]
+        conflicting = sum(
+            not all(np.array_equal(data.phenotypes[tr + te][0], v, equal_nan=True) for v in data.phenotypes[tr + te])
+            for tr, te in shared
+        )
+        return len(shared), conflicting
+
+    rng = np.random.default_rng(0)
+    for trial in range(4):
+        sets = [rng.choice(12, rng.integers(1, 6), replace=False) for _ in range(400)]  # sizes 1-5: both key kinds
+        sizes = [len(x) for x in sets]
+        y = rng.integers(0, 2, (400, 2)).astype(np.float32)
+        y[rng.random(400) < 0.3, 1] = np.nan
+        data = PerturbationData(genes=[f"G{i}" for i in range(12)], offsets=np.r_[0, np.cumsum(sizes)],
+                                gene_index=np.concatenate(sets), types=rng.integers(1, 3, sum(sizes)), phenotypes=y,
+                                phenotype_names=["a", "b"], split=rng.integers(0, 3, 400).astype(np.int8),
+                                condition=list(rng.choice(["X", "Y"], 400)) if trial % 2 else None)  # fmt: skip
+        out = split_overlap(data)
+        assert (out.shared, out.conflicting) == reference(data) and out.conflicting > 0
+        assert len(out.examples) == min(3, out.conflicting)
