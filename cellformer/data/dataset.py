@@ -8,7 +8,9 @@ On disk (HDF5, see ``data/README.md``)::
     /records/types         (nnz,) int8    PerturbationType of each entry
     /records/phenotypes    (R, P) float32 NaN = not measured
     /records/split         (R,)  int8     0 train, 1 val, 2 test, -1 unassigned   (optional)
-    /records/condition     (R,)  utf-8    e.g. DMA30                              (optional)
+    /records/condition_code (R,) int32   condition of each record, an index into:    (optional)
+/records/condition_names (C,) utf-8   the distinct conditions, e.g. DMA30
+                                     (files of older versions: /records/condition (R,) utf-8)
     /heterologous/names, /heterologous/sequences   added genes (index >= N)        (optional)
     /meta/...              free-form provenance (e.g. the simulator's ground truth); arrays named
                            record_* are per record and follow the records in subset()
@@ -192,8 +194,10 @@ class PerturbationData:
             g.create_dataset("phenotypes", data=self.phenotypes, **kw)
             if self.split is not None:
                 g.create_dataset("split", data=self.split, **kw)
-            if self.condition is not None:
-                g.create_dataset("condition", data=np.array(self.condition, dtype=object), dtype=str_dt)
+            if self.condition is not None:  # as codes into the distinct conditions (a screen has a handful)
+                names, codes = np.unique(np.asarray(self.condition, dtype=object).astype(str), return_inverse=True)
+                g.create_dataset("condition_code", data=codes.astype(np.int32), **kw)
+                g.create_dataset("condition_names", data=names.astype(object), dtype=str_dt)
             if self.heterologous:
                 h = f.create_group("heterologous")
                 h.create_dataset("names", data=np.array(list(self.heterologous), dtype=object), dtype=str_dt)
@@ -258,7 +262,7 @@ class PerturbationData:
                 phenotypes=r["phenotypes"][()],
                 phenotype_names=json.loads(f.attrs["phenotype_names"]),
                 split=r["split"][()] if "split" in r else None,
-                condition=[s.decode() for s in r["condition"][()]] if "condition" in r else None,
+                condition=_read_condition(r),
                 heterologous=het,
                 genome_hash=str(f.attrs.get("genome_hash", "")),
                 genome_name=str(f.attrs.get("genome_name", "")),
@@ -266,6 +270,17 @@ class PerturbationData:
                 meta=meta,
                 attrs={k: str(v) for k, v in f.attrs.items() if k not in known},
             )
+
+
+def _read_condition(records) -> list[str] | None:
+    """The per-record conditions of an HDF5 ``records`` group: codes into distinct names, or (files written
+    before the codes) one string per record; None when the file has none."""
+    if "condition_code" in records:
+        names = [s.decode() if isinstance(s, bytes) else s for s in records["condition_names"][()]]
+        return [names[c] for c in records["condition_code"][()]]
+    if "condition" in records:
+        return [s.decode() if isinstance(s, bytes) else s for s in records["condition"][()]]
+    return None
 
 
 @dataclass

@@ -50,6 +50,7 @@ import json
 import math
 import re
 import zlib
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from cellformer.data.dataset import PerturbationData, PerturbationType
-from cellformer.data.table import ImportReport, parse_value
+from cellformer.data.table import FLOAT32_MAX, ImportReport, parse_value
 from cellformer.errors import UserError
 from cellformer.genome.genome import Genome
 
@@ -226,11 +227,41 @@ def _parse_strain(value: str) -> Strain:
 
 def _number(value: str, column: str) -> float:
     """A value of ``column`` by the rule of every importer (:func:`cellformer.data.table.parse_value`): NaN
-    for the missing values, else a finite number that fits a float32 (±inf and overflow are row errors)."""
+    for the missing values, else a finite number that fits a float32 (±inf and overflow are row errors).
+    A plain finite number is read directly; anything else goes through the rule (and its messages)."""
+    try:
+        x = float(value)
+    except ValueError:
+        x = math.nan
+    if math.isfinite(x) and abs(x) <= FLOAT32_MAX:
+        return x
     try:
         return parse_value(value, f"column {column!r}")
     except ValueError as e:
         raise _RowError(str(e)) from None
+
+
+class _StrainCache:
+    """Each distinct (strain id, allele name) parsed, typed and mapped to genome indices once: a screen of
+    millions of rows names a few thousand strains."""
+
+    def __init__(self, genome: Genome):
+        self.genome = genome
+        self.cache: dict[tuple[str, str], tuple[Strain, list[PerturbationType], list[int]] | _RowError] = {}
+
+    def __call__(self, strain_id: str, allele_name: str) -> tuple[Strain, list[PerturbationType], list[int]]:
+        key = (strain_id, allele_name)
+        hit = self.cache.get(key)
+        if hit is None:
+            try:
+                strain = _parse_strain(strain_id)
+                hit = (strain, _strain_types(strain, allele_name), [self.genome.lookup(o) for o in strain.orfs])
+            except _RowError as e:
+                hit = e
+            self.cache[key] = hit
+        if isinstance(hit, _RowError):
+            raise hit
+        return hit
 
 
 def _norm(name: str) -> str:
@@ -296,14 +327,18 @@ def _check_header(path: Path, lineno: int, fields: list[str], expected: Sequence
 
 
 class _Builder:
-    """Collects fitness observations (de-duplicated) and interaction records."""
+    """Collects fitness observations (de-duplicated) and interaction records (columnar, compact: a record is a
+    few machine numbers, not Python objects)."""
 
     def __init__(self, phenotype_names: list[str]):
         self.names = phenotype_names
         self.col = {n: i for i, n in enumerate(phenotype_names)}
         # key -> [sum, n, genes, types, condition]
         self.fitness: dict[tuple, list] = {}
-        self.records: list[tuple[list[int], list[int], np.ndarray, str]] = []
+        self.genes, self.types, self.sizes = array("i"), array("b"), array("q")
+        self.values = [array("f") for _ in phenotype_names]
+        self.conditions: dict[str, int] = {}
+        self.condition_codes = array("i")
 
     def add_fitness(
         self,
@@ -330,39 +365,49 @@ class _Builder:
         report.fitness_observations += 1
 
     def add_record(self, genes: list[int], types: list[PerturbationType], condition: str, **phenotypes: float) -> None:
-        y = np.full(len(self.names), np.nan, dtype=np.float32)
-        for k, v in phenotypes.items():
-            y[self.col[k]] = v
-        self.records.append((list(genes), [int(t) for t in types], y, condition))
+        self.genes.extend(genes)
+        self.types.extend(int(t) for t in types)
+        self.sizes.append(len(genes))
+        for name, column in zip(self.names, self.values, strict=True):
+            column.append(phenotypes.get(name, math.nan))
+        code = self.conditions.get(condition)
+        if code is None:
+            code = self.conditions[condition] = len(self.conditions)
+        self.condition_codes.append(code)
 
     def build(
         self, genome: Genome, report: ImportReport, fmt: str, path: Path, with_condition: bool
     ) -> PerturbationData:
-        rows: list[tuple[list[int], list[int], np.ndarray, str]] = []
-        for total, n, g, t, cond in self.fitness.values():
-            y = np.full(len(self.names), np.nan, dtype=np.float32)
-            y[self.col["fitness"]] = total / n
-            y[self.col["fitness_n"]] = n
-            rows.append((g, t, y, cond))
-        report.fitness_records = len(rows)
-        rows.extend(self.records)
-        report.interaction_rows = len(self.records)
+        fit = list(self.fitness.values())
+        report.fitness_records = len(fit)
+        report.interaction_rows = len(self.sizes)
         report.imported = report.rows - report.rejected
-        sizes = np.array([len(r[0]) for r in rows], dtype=np.int64)
-        for s in sizes.tolist():
-            report.records_by_size[s] = report.records_by_size.get(s, 0) + 1
-        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        gene_index = np.array([g for r in rows for g in r[0]], dtype=np.int32)
-        types = np.array([t for r in rows for t in r[1]], dtype=np.int8)
-        phen = np.stack([r[2] for r in rows]) if rows else np.zeros((0, len(self.names)), np.float32)
+        fit_y = np.full((len(fit), len(self.names)), np.nan, dtype=np.float32)
+        for i, (total, n, _, _, _) in enumerate(fit):
+            fit_y[i, self.col["fitness"]] = total / n
+            fit_y[i, self.col["fitness_n"]] = n
+        fit_sizes = np.array([len(f[2]) for f in fit], dtype=np.int64)
+        sizes = np.concatenate([fit_sizes, np.frombuffer(self.sizes, np.int64)])
+        for s, c in zip(*np.unique(sizes, return_counts=True), strict=True):
+            report.records_by_size[int(s)] = int(c)
+        gene_index = np.concatenate([np.array([g for f in fit for g in f[2]], dtype=np.int32),
+                                     np.frombuffer(self.genes, np.int32)])  # fmt: skip
+        types = np.concatenate([np.array([t for f in fit for t in f[3]], dtype=np.int8),
+                                np.frombuffer(self.types, np.int8)])  # fmt: skip
+        values = np.stack([np.frombuffer(v, np.float32) for v in self.values], 1) if self.values else None
+        phen = np.concatenate([fit_y, values.reshape(-1, len(self.names))]) if values is not None else fit_y
+        condition = None
+        if with_condition:
+            names = list(self.conditions)
+            condition = [f[4] for f in fit] + [names[c] for c in self.condition_codes]
         return PerturbationData(
             genes=list(genome.genes),
-            offsets=offsets,
+            offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
             gene_index=gene_index,
             types=types,
             phenotypes=phen,
             phenotype_names=list(self.names),
-            condition=[r[3] for r in rows] if with_condition else None,
+            condition=condition,
             genome_hash=genome.hash,
             genome_name=genome.name,
             description=f"{fmt} import of {path.name}",
@@ -377,8 +422,9 @@ class _Builder:
 _UNMAPPED_SKIP = "interaction records not made (a gene of the row is not in the genome)"
 
 
-def _map(genome: Genome, orfs: Sequence[str], lineno: int, report: ImportReport) -> list[int]:
-    idx = [genome.lookup(o) for o in orfs]
+def _map(genome: Genome, orfs: Sequence[str], lineno: int, report: ImportReport, idx: list[int] | None = None):
+    """Genome indices of ``orfs`` (``idx`` when already looked up); unmapped ones are counted with the line."""
+    idx = [genome.lookup(o) for o in orfs] if idx is None else idx
     missing = [o for o, i in zip(orfs, idx, strict=True) if i < 0]
     if missing:
         report.unmapped_rows += 1
@@ -409,22 +455,23 @@ def read_costanzo2016(
     path = Path(path)
     report = ImportReport(str(path), "costanzo2016")
     b = _Builder(COSTANZO_PHENOTYPES)
+    strains = _StrainCache(genome)
     for lineno, f in _rows(path, COSTANZO_HEADER, report):
         report.rows += 1
         try:
             if len(f) != len(COSTANZO_HEADER):
                 raise _RowError(f"expected {len(COSTANZO_HEADER)} tab-separated columns, got {len(f)}")
-            q, a = _parse_strain(f[0]), _parse_strain(f[2])
+            (q, qts, qidx), (a, ats, aidx) = strains(f[0], f[1]), strains(f[2], f[3])
             for s in (q, a):
                 if len(s.orfs) != 1:
                     raise _RowError(f"strain id {s.raw!r} names {len(s.orfs)} ORFs; Costanzo strains have one")
-            qt, at = _strain_types(q, f[1])[0], _strain_types(a, f[3])[0]
+            qt, at = qts[0], ats[0]
             cond = f[4].strip()
             eps, p, qsmf, asmf, dmf, dsd = (_number(f[i], COSTANZO_HEADER[i]) for i in range(5, 11))
         except _RowError as e:
             _handle_bad(path, lineno, e, skip_bad_rows, report)
             continue
-        qi, ai = _map(genome, [q.orfs[0], a.orfs[0]], lineno, report)
+        qi, ai = _map(genome, [q.orfs[0], a.orfs[0]], lineno, report, qidx + aidx)
         if qi >= 0:
             b.add_fitness([qi], [qt], q.allele_class, cond, qsmf, report)
         if ai >= 0:
