@@ -43,11 +43,16 @@ class MeanOperator(nn.Module):
         index = torch.from_numpy(np.stack([adj.row, adj.col]).astype(np.int64))
         values = torch.from_numpy((adj.data * inv[adj.row]).astype(np.float32))
         matrix = torch.sparse_coo_tensor(index, values, (n, n), check_invariants=False).coalesce()
-        self.register_buffer("matrix", matrix, persistent=False)
+        # Dense buffers (DDP broadcasts module buffers and has no sparse support); the COO view is rebuilt
+        # per call from already-coalesced indices, which costs no copy.
+        self.register_buffer("index", matrix.indices(), persistent=False)
+        self.register_buffer("values", matrix.values(), persistent=False)
+        self.n = n
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        matrix = torch.sparse_coo_tensor(self.index, self.values, (self.n, self.n), is_coalesced=True)
         with torch.autocast(x.device.type, enabled=False):  # sparse kernels run in float32
-            return torch.sparse.mm(self.matrix, x.float()).to(x.dtype)
+            return torch.sparse.mm(matrix, x.float()).to(x.dtype)
 
 
 def structural_encoding(graphs: Sequence, num_genes: int, dim: int) -> np.ndarray:
