@@ -740,8 +740,15 @@ def markdown(report: dict) -> str:
             e = summ[f"{st}/{arm}"]
             lines.append(f"| {st} | {ARM_LABELS[arm]} | {_fmt(e['align'])} | {_fmt(e['align_other'])} | "
                          f"{e['align_chance']:.3f} |")  # fmt: skip
-    lines += ["", "## Tuning", "", "The grid point chosen on validation, per run:", "",
-              "| setting | arm | seed | chosen | best step | best val mean Pearson |", "|---|---|---:|---|---:|---:|"]
+    lines += [
+        "",
+        "## Tuning",
+        "",
+        "The grid point chosen on validation, per run:",
+        "",
+        "| setting | arm | seed | chosen | best step | best val mean Pearson |",
+        "|---|---|---:|---|---:|---:|",
+    ]
     for r in report["runs"]:
         if len(r.get("grid", [])) > 1:
             lines.append(f"| {r['setting']} | {ARM_LABELS[r['arm']]} | {r['seed']} | `{json.dumps(r['chosen'])}` | "
@@ -828,8 +835,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-triples", type=int, default=3000, help="sim, quick: simulated triple mutants")
     p.add_argument("--sim-seed", type=int, default=0, help="sim: simulator seed")
     p.add_argument("--arms", default=None, help=f"comma list among {', '.join(ARMS)}")
-    p.add_argument("--settings", default=None,
-                   help="comma list of random[@FRACTION], gene_holdout, gene_holdout_strict, smf_holdout")
+    p.add_argument(
+        "--settings",
+        default=None,
+        help="comma list of random[@FRACTION], gene_holdout, gene_holdout_strict, smf_holdout",
+    )
     p.add_argument("--holdout", type=float, default=0.1, help="gene hold-outs: share of genes for test (and val)")
     p.add_argument("--strict-holdout", type=float, default=0.3, help="gene_holdout_strict: share of genes")
     p.add_argument("--seeds", default=None, help="comma list of seeds (>= 3 for spread)")
@@ -838,8 +848,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline-steps", type=int, default=None, help="optimisation steps of a gradient baseline")
     p.add_argument("--eval-every", type=int, default=None, help="validation interval (steps) for model selection")
     p.add_argument("--batch-size", type=int, default=None, help="default: the screen config's")
-    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="another CellFormer argument for every CellFormer arm, VALUE read as YAML; repeatable")
+    p.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another CellFormer argument for every CellFormer arm, VALUE read as YAML; repeatable",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads on CPU")
     p.add_argument("--tag", default=None, help="output name: evidence_<tag>.* (default: <mode>_<screen>)")

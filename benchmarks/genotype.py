@@ -83,29 +83,90 @@ ALL = ["ridge", "lasso", "gbm", "mlp", *ATTENTION]
 MODES = {
     "default": {
         "train": {"patience": 8, "max_epochs": 80, "max_seconds": 240},
-        "scaling": {"n_qtl": 20, "scalings": [0.3, 1, 3], "shares": [1.0, 0.3], "seeds": [0, 1, 2], "n_eval": 200,
-                    "batch": 32, "models": ["ridge", "gbm", "mlp", "rijal_attention", "canonical_transformer",
-                                            "vanilla_transformer", "cellformer"]},
-        "table": {"n_samples": 3000, "n_loci": 1164, "n_traits": 12, "n_qtl": 40, "n_additive": 6,
-                  "epistatic_share": 0.4, "pleiotropy": 0.6, "h2": 0.7, "max_tokens": 128, "batch": 64,
-                  "models": ALL},
-        "bloom": {"n_samples": 1008, "n_loci": 11623, "n_qtl": 16, "additive_share": 0.6, "h2": 0.85,
-                  "pleiotropy": 0.8, "max_tokens": 128, "batch": 32, "models": ALL,
-                  # the λ path stops at 2 % of λ_max: the densest solutions are the slow ones on 11,623 markers
-                  "lasso": {"n_lambdas": 12, "min_ratio": 0.02, "max_iter": 200},
-                  "single_trait": ["vanilla_transformer", "fariello_transformer"], "tie_seeds": [0, 1, 2]},
+        "scaling": {
+            "n_qtl": 20,
+            "scalings": [0.3, 1, 3],
+            "shares": [1.0, 0.3],
+            "seeds": [0, 1, 2],
+            "n_eval": 200,
+            "batch": 32,
+            "models": [
+                "ridge",
+                "gbm",
+                "mlp",
+                "rijal_attention",
+                "canonical_transformer",
+                "vanilla_transformer",
+                "cellformer",
+            ],
+        },
+        "table": {
+            "n_samples": 3000,
+            "n_loci": 1164,
+            "n_traits": 12,
+            "n_qtl": 40,
+            "n_additive": 6,
+            "epistatic_share": 0.4,
+            "pleiotropy": 0.6,
+            "h2": 0.7,
+            "max_tokens": 128,
+            "batch": 64,
+            "models": ALL,
+        },
+        "bloom": {
+            "n_samples": 1008,
+            "n_loci": 11623,
+            "n_qtl": 16,
+            "additive_share": 0.6,
+            "h2": 0.85,
+            "pleiotropy": 0.8,
+            "max_tokens": 128,
+            "batch": 32,
+            "models": ALL,
+            # the λ path stops at 2 % of λ_max: the densest solutions are the slow ones on 11,623 markers
+            "lasso": {"n_lambdas": 12, "min_ratio": 0.02, "max_iter": 200},
+            "single_trait": ["vanilla_transformer", "fariello_transformer"],
+            "tie_seeds": [0, 1, 2],
+        },
     },
     "quick": {
         "train": {"patience": 2, "max_epochs": 2, "max_seconds": 10},
-        "scaling": {"n_qtl": 6, "scalings": [0.3], "shares": [1.0, 0.3], "seeds": [0], "n_eval": 40, "batch": 32,
-                    "models": ["ridge", "mlp", "canonical_transformer"]},
-        "table": {"n_samples": 160, "n_loci": 40, "n_traits": 4, "n_qtl": 6, "n_additive": 2, "epistatic_share": 0.4,
-                  "pleiotropy": 0.6, "h2": 0.7, "max_tokens": 24, "batch": 32,
-                  "models": ["ridge", "lasso", "gbm", "rijal_attention", "vanilla_transformer"]},
-        "bloom": {"n_samples": 150, "n_loci": 300, "n_qtl": 4, "additive_share": 0.6, "h2": 0.85, "pleiotropy": 0.8,
-                  "max_tokens": 24, "batch": 32, "models": ["ridge", "lasso", "gbm", "canonical_transformer",
-                                                            "cellformer"], "lasso": {},
-                  "single_trait": ["canonical_transformer"], "tie_seeds": [0]},
+        "scaling": {
+            "n_qtl": 6,
+            "scalings": [0.3],
+            "shares": [1.0, 0.3],
+            "seeds": [0],
+            "n_eval": 40,
+            "batch": 32,
+            "models": ["ridge", "mlp", "canonical_transformer"],
+        },
+        "table": {
+            "n_samples": 160,
+            "n_loci": 40,
+            "n_traits": 4,
+            "n_qtl": 6,
+            "n_additive": 2,
+            "epistatic_share": 0.4,
+            "pleiotropy": 0.6,
+            "h2": 0.7,
+            "max_tokens": 24,
+            "batch": 32,
+            "models": ["ridge", "lasso", "gbm", "rijal_attention", "vanilla_transformer"],
+        },
+        "bloom": {
+            "n_samples": 150,
+            "n_loci": 300,
+            "n_qtl": 4,
+            "additive_share": 0.6,
+            "h2": 0.85,
+            "pleiotropy": 0.8,
+            "max_tokens": 24,
+            "batch": 32,
+            "models": ["ridge", "lasso", "gbm", "canonical_transformer", "cellformer"],
+            "lasso": {},
+            "single_trait": ["canonical_transformer"],
+            "tie_seeds": [0],
+        },
     },
 }
 
@@ -121,32 +182,59 @@ def _mean(x) -> float:
     return float(np.mean(x)) if x else float("nan")
 
 
-def train_and_test(name: str, data, train_cfg: dict, *, seed: int, batch_size: int, model_args: dict | None = None,
-                   locus_graphs: dict | None = None, blocks: dict | None = None, phenotypes: list[str] | None = None
-                   ) -> dict:
+def train_and_test(
+    name: str,
+    data,
+    train_cfg: dict,
+    *,
+    seed: int,
+    batch_size: int,
+    model_args: dict | None = None,
+    locus_graphs: dict | None = None,
+    blocks: dict | None = None,
+    phenotypes: list[str] | None = None,
+) -> dict:
     """Fit ``name`` on ``data`` (stored split) to its validation plateau; test metrics, steps and the curve."""
     L.seed_everything(seed, verbose=False)
     args, lr = SIZES[name]
     args = {**args, **(model_args or {})}
     if name == "gbm":
         args["seed"] = seed
-    dm = GenotypeDataModule(data=data, batch_size=batch_size, locus_graphs=locus_graphs, phenotypes=phenotypes,
-                            blocks=blocks if name in ATTENTION else None)
+    dm = GenotypeDataModule(
+        data=data,
+        batch_size=batch_size,
+        locus_graphs=locus_graphs,
+        phenotypes=phenotypes,
+        blocks=blocks if name in ATTENTION else None,
+    )
     n_train = len(dm.split_index["train"])
     steps_per_epoch = max(1, n_train // batch_size)
     interval = min(steps_per_epoch, 50)
     max_steps = train_cfg["max_epochs"] * steps_per_epoch
     module = GenotypeModule(name, args, lr=lr, warmup_steps=min(20, max_steps // 10 + 1), context=dm.context)
-    common = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                  accelerator="cpu", devices=1, num_sanity_val_steps=0)
+    common = dict(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        num_sanity_val_steps=0,
+    )
     curve, stop = ValidationCurve(), None
     if module.model.closed_form:
         trainer = L.Trainer(max_epochs=1, callbacks=[KeepBest(), curve], **common)
     else:
         stop = EarlyStopping(monitor="val_loss", patience=train_cfg["patience"], mode="min", min_delta=1e-4)
-        trainer = L.Trainer(max_steps=max_steps, val_check_interval=interval, check_val_every_n_epoch=None,
-                            max_time={"seconds": train_cfg["max_seconds"]}, gradient_clip_val=1.0,
-                            callbacks=[KeepBest(), curve, stop], **common)
+        trainer = L.Trainer(
+            max_steps=max_steps,
+            val_check_interval=interval,
+            check_val_every_n_epoch=None,
+            max_time={"seconds": train_cfg["max_seconds"]},
+            gradient_clip_val=1.0,
+            callbacks=[KeepBest(), curve, stop],
+            **common,
+        )
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     seconds = time.perf_counter() - t0
@@ -162,8 +250,12 @@ def train_and_test(name: str, data, train_cfg: dict, *, seed: int, batch_size: i
     res = {
         "r2": {k: v["r2"] for k, v in metrics.items()},
         "pearson": {k: v["pearson"] for k, v in metrics.items()},
-        "seconds": seconds, "steps": steps, "stopped": stopped, "n_train": n_train,
-        "curve": curve.curve, **curve.summary(),
+        "seconds": seconds,
+        "steps": steps,
+        "stopped": stopped,
+        "n_train": n_train,
+        "curve": curve.curve,
+        **curve.summary(),
     }
     if module.model.closed_form and "best_iteration" in module.closed_form_info:
         res["rounds"] = module.closed_form_info["best_iteration"]
@@ -182,15 +274,38 @@ def run_scaling(cfg: dict, train_cfg: dict, log) -> list[dict]:
             n_train = n_samples_for_scaling(q, s)
             total = n_train + 2 * n_eval
             for seed in cfg["seeds"]:
-                data = simulate_genotypes(total, q, n_traits=1, n_qtl=q, additive_share=a, h2=0.9, linked=False,
-                                          val=n_eval / total, test=n_eval / total, seed=1000 * seed + 17)
+                data = simulate_genotypes(
+                    total,
+                    q,
+                    n_traits=1,
+                    n_qtl=q,
+                    additive_share=a,
+                    h2=0.9,
+                    linked=False,
+                    val=n_eval / total,
+                    test=n_eval / total,
+                    seed=1000 * seed + 17,
+                )
                 for name in cfg["models"]:
                     r = train_and_test(name, data, train_cfg, seed=seed, batch_size=cfg["batch"])
-                    rows.append({"additive_share": a, "scaling": s, "seed": seed, "model": name,
-                                 "n_train": r["n_train"], "r2": r["r2"]["trait_0"], "pearson": r["pearson"]["trait_0"],
-                                 "steps": r["steps"], "stopped": r["stopped"], "seconds": r["seconds"]})
-                log(f"(a) V_A/V_G={a} scaling={s} n_train={n_train} seed={seed}: " + ", ".join(
-                    f"{x['model']} {x['r2']:.3f}" for x in rows[-len(cfg['models']):]))
+                    rows.append(
+                        {
+                            "additive_share": a,
+                            "scaling": s,
+                            "seed": seed,
+                            "model": name,
+                            "n_train": r["n_train"],
+                            "r2": r["r2"]["trait_0"],
+                            "pearson": r["pearson"]["trait_0"],
+                            "steps": r["steps"],
+                            "stopped": r["stopped"],
+                            "seconds": r["seconds"],
+                        }
+                    )
+                log(
+                    f"(a) V_A/V_G={a} scaling={s} n_train={n_train} seed={seed}: "
+                    + ", ".join(f"{x['model']} {x['r2']:.3f}" for x in rows[-len(cfg["models"]) :])
+                )
     return rows
 
 
@@ -201,31 +316,53 @@ def summarise_scaling(rows: list[dict], cfg: dict) -> dict:
             for name in cfg["models"]:
                 mine = [r for r in rows if r["additive_share"] == a and r["scaling"] == s and r["model"] == name]
                 r2 = [r["r2"] for r in mine]
-                out[f"{a}|{s}|{name}"] = {"additive_share": a, "scaling": s, "model": name,
-                                          "n_train": mine[0]["n_train"], "r2": _mean(r2),
-                                          "r2_sd": float(np.std(r2, ddof=1)) if len(r2) > 1 else 0.0,
-                                          "steps": _mean(r["steps"] for r in mine)}
+                out[f"{a}|{s}|{name}"] = {
+                    "additive_share": a,
+                    "scaling": s,
+                    "model": name,
+                    "n_train": mine[0]["n_train"],
+                    "r2": _mean(r2),
+                    "r2_sd": float(np.std(r2, ddof=1)) if len(r2) > 1 else 0.0,
+                    "steps": _mean(r["steps"] for r in mine),
+                }
     return out
 
 
 # ---------------------------------------------------------------------- (b) model table
 def table_population(t: dict):
     shares = [1.0] * t["n_additive"] + [t["epistatic_share"]] * (t["n_traits"] - t["n_additive"])
-    return simulate_genotypes(t["n_samples"], t["n_loci"], n_traits=t["n_traits"], n_qtl=t["n_qtl"],
-                              additive_share=shares, h2=t["h2"], pleiotropy=t["pleiotropy"], linked=True, seed=7)
+    return simulate_genotypes(
+        t["n_samples"],
+        t["n_loci"],
+        n_traits=t["n_traits"],
+        n_qtl=t["n_qtl"],
+        additive_share=shares,
+        h2=t["h2"],
+        pleiotropy=t["pleiotropy"],
+        linked=True,
+        seed=7,
+    )
 
 
 def run_table(t: dict, train_cfg: dict, log) -> dict:
     data = table_population(t)
-    out = {"population": {**{k: v for k, v in t.items() if k != "models"}, "split": data.split_sizes()},
-           "models": {}}
+    out = {"population": {**{k: v for k, v in t.items() if k != "models"}, "split": data.split_sizes()}, "models": {}}
     for name in t["models"]:
-        r = train_and_test(name, data, train_cfg, seed=0, batch_size=t["batch"], blocks={"max_tokens": t["max_tokens"]},
-                           locus_graphs={"ld": TIE_ARMS["LD tie (λ=0.1)"][1]} if name == "cellformer" else None,
-                           model_args=_tie_args(0.1) if name == "cellformer" else None)
+        r = train_and_test(
+            name,
+            data,
+            train_cfg,
+            seed=0,
+            batch_size=t["batch"],
+            blocks={"max_tokens": t["max_tokens"]},
+            locus_graphs={"ld": TIE_ARMS["LD tie (λ=0.1)"][1]} if name == "cellformer" else None,
+            model_args=_tie_args(0.1) if name == "cellformer" else None,
+        )
         out["models"][name] = r
-        log(f"(b) {name}: mean test R² {r['mean_r2']:.3f}; {r['steps']} steps in {r['seconds']:.0f} s "
-            f"({r['stopped']}, best val R² {r['best_val_r2']:.3f} at step {r['best_step']})")
+        log(
+            f"(b) {name}: mean test R² {r['mean_r2']:.3f}; {r['steps']} steps in {r['seconds']:.0f} s "
+            f"({r['stopped']}, best val R² {r['best_val_r2']:.3f} at step {r['best_step']})"
+        )
     return out
 
 
@@ -235,19 +372,35 @@ def _tie_args(weight: float) -> dict:
 
 # ---------------------------------------------------------------------- (c) Bloom-like cross
 def run_bloom(b: dict, train_cfg: dict, log) -> dict:
-    data = bloom_like_cross(seed=11, n_samples=b["n_samples"], n_markers=b["n_loci"], n_qtl=b["n_qtl"],
-                            additive_share=b["additive_share"], h2=b["h2"], pleiotropy=b["pleiotropy"])
+    data = bloom_like_cross(
+        seed=11,
+        n_samples=b["n_samples"],
+        n_markers=b["n_loci"],
+        n_qtl=b["n_qtl"],
+        additive_share=b["additive_share"],
+        h2=b["h2"],
+        pleiotropy=b["pleiotropy"],
+    )
     blocks = {"max_tokens": b["max_tokens"]}
-    out = {"population": {**{k: v for k, v in b.items() if k not in ("models", "single_trait", "lasso")},
-                          "split": data.split_sizes()}, "models": {}, "single_trait": {}, "tie": {}}
+    out = {
+        "population": {
+            **{k: v for k, v in b.items() if k not in ("models", "single_trait", "lasso")},
+            "split": data.split_sizes(),
+        },
+        "models": {},
+        "single_trait": {},
+        "tie": {},
+    }
     for name in b["models"]:
         kw = {"model_args": b["lasso"]} if name == "lasso" else {}
         if name == "cellformer":
             kw = {"locus_graphs": {"ld": TIE_ARMS["LD tie (λ=0.1)"][1]}, "model_args": _tie_args(0.1)}
         r = train_and_test(name, data, train_cfg, seed=0, batch_size=b["batch"], blocks=blocks, **kw)
         out["models"][name] = r
-        log(f"(c) {name}: mean test R² {r['mean_r2']:.3f}; {r['steps']} steps in {r['seconds']:.0f} s "
-            f"({r['stopped']}, best val R² {r['best_val_r2']:.3f} at step {r['best_step']})")
+        log(
+            f"(c) {name}: mean test R² {r['mean_r2']:.3f}; {r['steps']} steps in {r['seconds']:.0f} s "
+            f"({r['stopped']}, best val R² {r['best_val_r2']:.3f} at step {r['best_step']})"
+        )
     for name in b["single_trait"]:
         per = {}
         for trait in data.phenotype_names:
@@ -261,10 +414,25 @@ def run_bloom(b: dict, train_cfg: dict, log) -> dict:
             if seed == 0 and arm == "LD tie (λ=0.1)" and "cellformer" in out["models"]:
                 r = out["models"]["cellformer"]
             else:
-                r = train_and_test("cellformer", data, train_cfg, seed=seed, batch_size=b["batch"], blocks=blocks,
-                                   locus_graphs={"ld": spec}, model_args=_tie_args(weight))
-            out["tie"][arm].append({"seed": seed, "mean_r2": r["mean_r2"], "steps": r["steps"],
-                                    "stopped": r["stopped"], "seconds": r["seconds"]})
+                r = train_and_test(
+                    "cellformer",
+                    data,
+                    train_cfg,
+                    seed=seed,
+                    batch_size=b["batch"],
+                    blocks=blocks,
+                    locus_graphs={"ld": spec},
+                    model_args=_tie_args(weight),
+                )
+            out["tie"][arm].append(
+                {
+                    "seed": seed,
+                    "mean_r2": r["mean_r2"],
+                    "steps": r["steps"],
+                    "stopped": r["stopped"],
+                    "seconds": r["seconds"],
+                }
+            )
             log(f"(c) tie seed {seed} {arm}: mean test R² {r['mean_r2']:.3f}")
     return out
 
@@ -283,21 +451,35 @@ def targets(result: dict) -> list[dict]:
     add = {m: _mean(r["r2"][t] for t in add_traits) for m, r in tab["models"].items()}
     close = [m for m in ("vanilla_transformer", "canonical_transformer") if m in add]
     ok = all(add[m] >= add["ridge"] - 0.02 for m in close)
-    out.append(_target("additive traits (model table): vanilla and canonical within 0.02 R² of ridge", ok and close,
-                       f"ridge {add['ridge']:.3f}; " + ", ".join(f"{m} {add[m]:.3f} ({add[m] - add['ridge']:+.3f})"
-                                                                  for m in close)))
+    out.append(
+        _target(
+            "additive traits (model table): vanilla and canonical within 0.02 R² of ridge",
+            ok and close,
+            f"ridge {add['ridge']:.3f}; "
+            + ", ".join(f"{m} {add[m]:.3f} ({add[m] - add['ridge']:+.3f})" for m in close),
+        )
+    )
     att = [m for m in ATTENTION if m in add]
-    out.append(_target("additive traits (model table): every attention model R² > 0.5 × ridge's",
-                       att and all(add[m] > 0.5 * add["ridge"] for m in att),
-                       f"0.5 × ridge = {0.5 * add['ridge']:.3f}; " + ", ".join(f"{m} {add[m]:.3f}" for m in att)))
+    out.append(
+        _target(
+            "additive traits (model table): every attention model R² > 0.5 × ridge's",
+            att and all(add[m] > 0.5 * add["ridge"] for m in att),
+            f"0.5 × ridge = {0.5 * add['ridge']:.3f}; " + ", ".join(f"{m} {add[m]:.3f}" for m in att),
+        )
+    )
     s_cfg = cfg["scaling"]
     cells = [(a, s) for a in s_cfg["shares"] if a >= 1.0 for s in s_cfg["scalings"] if s <= 1]
     s_close = [m for m in ("vanilla_transformer", "canonical_transformer") if m in s_cfg["models"]]
     if cells and s_close:
         gaps = {m: _mean(sc[f"{a}|{s}|{m}"]["r2"] - sc[f"{a}|{s}|ridge"]["r2"] for a, s in cells) for m in s_close}
-        out.append(_target("additive traits (scaling, samples ≥ C(QTL, 2)): vanilla and canonical within 0.02 R² of "
-                           "ridge (mean over cells and seeds)", all(g >= -0.02 for g in gaps.values()),
-                           ", ".join(f"{m} {g:+.3f}" for m, g in gaps.items())))
+        out.append(
+            _target(
+                "additive traits (scaling, samples ≥ C(QTL, 2)): vanilla and canonical within 0.02 R² of "
+                "ridge (mean over cells and seeds)",
+                all(g >= -0.02 for g in gaps.values()),
+                ", ".join(f"{m} {g:+.3f}" for m, g in gaps.items()),
+            )
+        )
     # 2. epistatic traits where samples ≥ C(QTL, 2): best transformer beats ridge and the MLP
     ep_cells = [(a, s) for a in s_cfg["shares"] if a < 1.0 for s in s_cfg["scalings"] if s <= 1]
     s_tr = [m for m in s_cfg["models"] if m in TRANSFORMERS]
@@ -307,8 +489,11 @@ def targets(result: dict) -> list[dict]:
         best = max(s_tr, key=lambda m: get[m])
         win = get[best] > get["ridge"] and ("mlp" not in get or get[best] > get["mlp"])
         wins += win
-        parts.append(f"V_A/V_G {a}, scaling {s}: {best} {get[best]:.3f} vs ridge {get['ridge']:.3f}"
-                     + (f", MLP {get['mlp']:.3f}" if "mlp" in get else "") + (" ✓" if win else " ✗"))
+        parts.append(
+            f"V_A/V_G {a}, scaling {s}: {best} {get[best]:.3f} vs ridge {get['ridge']:.3f}"
+            + (f", MLP {get['mlp']:.3f}" if "mlp" in get else "")
+            + (" ✓" if win else " ✗")
+        )
     ep_traits = [f"trait_{i}" for i in range(n_add, cfg["table"]["n_traits"])]
     ep = {m: _mean(r["r2"][t] for t in ep_traits) for m, r in tab["models"].items()}
     t_tr = [m for m in ep if m in TRANSFORMERS]
@@ -317,10 +502,18 @@ def targets(result: dict) -> list[dict]:
         win = ep[best] > ep["ridge"] and ("mlp" not in ep or ep[best] > ep["mlp"])
         wins += win
         ep_cells.append(("table", 0))
-        parts.append(f"model table epistatic traits: {best} {ep[best]:.3f} vs ridge {ep['ridge']:.3f}"
-                     + (f", MLP {ep['mlp']:.3f}" if "mlp" in ep else "") + (" ✓" if win else " ✗"))
-    out.append(_target("epistatic traits, samples ≥ C(QTL, 2): the best transformer beats ridge and the MLP (test R²)",
-                       ep_cells and wins == len(ep_cells), f"{wins}/{len(ep_cells)}: " + "; ".join(parts)))
+        parts.append(
+            f"model table epistatic traits: {best} {ep[best]:.3f} vs ridge {ep['ridge']:.3f}"
+            + (f", MLP {ep['mlp']:.3f}" if "mlp" in ep else "")
+            + (" ✓" if win else " ✗")
+        )
+    out.append(
+        _target(
+            "epistatic traits, samples ≥ C(QTL, 2): the best transformer beats ridge and the MLP (test R²)",
+            ep_cells and wins == len(ep_cells),
+            f"{wins}/{len(ep_cells)}: " + "; ".join(parts),
+        )
+    )
     # 3. multi-trait ≥ single-trait (Bloom-like, two correlated traits)
     parts, ok = [], True
     for m, per in bl["single_trait"].items():
@@ -328,16 +521,25 @@ def targets(result: dict) -> list[dict]:
         multi = bl["models"][m]["mean_r2"]
         ok &= multi >= single
         parts.append(f"{m} multi {multi:.3f} vs single {single:.3f} ({multi - single:+.3f})")
-    out.append(_target("multi-trait ≥ single-trait on correlated traits (Bloom-like, mean test R² of the two traits)",
-                       parts and ok, "; ".join(parts)))
+    out.append(
+        _target(
+            "multi-trait ≥ single-trait on correlated traits (Bloom-like, mean test R² of the two traits)",
+            parts and ok,
+            "; ".join(parts),
+        )
+    )
     # 4. the LD tie on every seed
     tie = {arm: {r["seed"]: r["mean_r2"] for r in rs} for arm, rs in bl["tie"].items()}
     tied = tie["LD tie (λ=0.1)"]
     for other in ("λ = 0", "rewired LD (λ=0.1)"):
         delta = {s: tied[s] - tie[other][s] for s in tied}
-        out.append(_target(f"locus CellFormer: LD tie beats {other} on every seed (Bloom-like, mean test R²)",
-                           all(d > 0 for d in delta.values()),
-                           "Δ per seed " + ", ".join(f"{d:+.4f}" for d in delta.values())))
+        out.append(
+            _target(
+                f"locus CellFormer: LD tie beats {other} on every seed (Bloom-like, mean test R²)",
+                all(d > 0 for d in delta.values()),
+                "Δ per seed " + ", ".join(f"{d:+.4f}" for d in delta.values()),
+            )
+        )
     # 5. GBM vs transformers vs LASSO: stated
     ms = bl["models"]
     tr = [m for m in ms if m in TRANSFORMERS]
@@ -346,8 +548,13 @@ def targets(result: dict) -> list[dict]:
     if best_tr:
         contenders[best_tr] = ms[best_tr]["mean_r2"]
     winner = max(contenders, key=contenders.get)
-    out.append(_target("Bloom-like cross: GBM vs the best transformer vs LASSO, the winner stated", True,
-                       f"winner {winner}; " + ", ".join(f"{k} {v:.3f}" for k, v in contenders.items())))
+    out.append(
+        _target(
+            "Bloom-like cross: GBM vs the best transformer vs LASSO, the winner stated",
+            True,
+            f"winner {winner}; " + ", ".join(f"{k} {v:.3f}" for k, v in contenders.items()),
+        )
+    )
     return out
 
 
@@ -356,50 +563,78 @@ def _fmt(v: float) -> str:
 
 
 def _model_rows(models: dict, traits: list[str] | None = None) -> list[str]:
-    lines = ["| model | mean test R² | steps | stopped | best val R² (step) | validations | tokens | training (s) |",
-             "|---|---:|---:|---|---|---:|---:|---:|"]
+    lines = [
+        "| model | mean test R² | steps | stopped | best val R² (step) | validations | tokens | training (s) |",
+        "|---|---:|---:|---|---|---:|---:|---:|",
+    ]
     for name, r in models.items():
         tokens = r.get("tokens", {}).get("tokens", "markers")
-        lines.append(f"| {name} | {_fmt(r['mean_r2'])} | {r['steps']} | {r['stopped']} | {_fmt(r['best_val_r2'])} "
-                     f"({r['best_step']}) | {r['validations']} | {tokens} | {r['seconds']:.0f} |")
+        lines.append(
+            f"| {name} | {_fmt(r['mean_r2'])} | {r['steps']} | {r['stopped']} | {_fmt(r['best_val_r2'])} "
+            f"({r['best_step']}) | {r['validations']} | {tokens} | {r['seconds']:.0f} |"
+        )
     return lines
 
 
 def write_markdown(path: Path, result: dict) -> None:
     cfg, sc, tab, bl = result["config"], result["scaling_summary"], result["table"], result["bloom"]
     quick = " --quick" if result["mode"] == "quick" else ""
-    lines = [f"# Genotype → phenotype benchmark ({result['mode']} mode)", "",
-             f"Measured {result['date']} on {result['machine']['cpus']} CPU cores (shared machine), torch "
-             f"{result['machine']['torch']}; total {result['total_seconds'] / 60:.1f} min. "
-             f"Reproduce: `python benchmarks/genotype.py{quick}`.", "",
-             f"Training: validation every epoch (at most every 50 steps); early stopping after "
-             f"{cfg['train']['patience']} validations without a lower validation phenotype loss; the best "
-             f"validation's weights are tested; caps {cfg['train']['max_epochs']} epochs and "
-             f"{cfg['train']['max_seconds']} s per model "
-             "(`stopped: cap` = the cap ended the run before the plateau). Ridge / LASSO: λ on validation; GBM: "
-             "boosting rounds stopped on validation per phenotype (steps = the most rounds kept).", "",
-             "## Targets", "", "| target | result | detail |", "|---|---|---|"]
+    lines = [
+        f"# Genotype → phenotype benchmark ({result['mode']} mode)",
+        "",
+        f"Measured {result['date']} on {result['machine']['cpus']} CPU cores (shared machine), torch "
+        f"{result['machine']['torch']}; total {result['total_seconds'] / 60:.1f} min. "
+        f"Reproduce: `python benchmarks/genotype.py{quick}`.",
+        "",
+        f"Training: validation every epoch (at most every 50 steps); early stopping after "
+        f"{cfg['train']['patience']} validations without a lower validation phenotype loss; the best "
+        f"validation's weights are tested; caps {cfg['train']['max_epochs']} epochs and "
+        f"{cfg['train']['max_seconds']} s per model "
+        "(`stopped: cap` = the cap ended the run before the plateau). Ridge / LASSO: λ on validation; GBM: "
+        "boosting rounds stopped on validation per phenotype (steps = the most rounds kept).",
+        "",
+        "## Targets",
+        "",
+        "| target | result | detail |",
+        "|---|---|---|",
+    ]
     for t in result["targets"]:
         lines.append(f"| {t['target']} | {'met' if t['met'] else '**missed**'} | {t['detail']} |")
     s = cfg["scaling"]
-    lines += ["", f"## (a) Scaling: test R² (mean ± sd over {len(s['seeds'])} seeds)", "",
-              f"{s['n_qtl']} unlinked causal loci (every locus causal), one trait, H² 0.9, {s['n_eval']} validation "
-              f"and {s['n_eval']} test samples; training samples = C({s['n_qtl']}, 2) / scaling.", ""]
+    lines += [
+        "",
+        f"## (a) Scaling: test R² (mean ± sd over {len(s['seeds'])} seeds)",
+        "",
+        f"{s['n_qtl']} unlinked causal loci (every locus causal), one trait, H² 0.9, {s['n_eval']} validation "
+        f"and {s['n_eval']} test samples; training samples = C({s['n_qtl']}, 2) / scaling.",
+        "",
+    ]
     for a in s["shares"]:
-        lines += [f"**V_A/V_G = {a}**", "", "| scaling | n_train | " + " | ".join(s["models"]) + " |",
-                  "|---:|---:|" + "---:|" * len(s["models"])]
+        lines += [
+            f"**V_A/V_G = {a}**",
+            "",
+            "| scaling | n_train | " + " | ".join(s["models"]) + " |",
+            "|---:|---:|" + "---:|" * len(s["models"]),
+        ]
         for x in s["scalings"]:
             cells = [sc[f"{a}|{x}|{m}"] for m in s["models"]]
-            lines.append(f"| {x} | {cells[0]['n_train']} | " + " | ".join(
-                f"{c['r2']:.3f} ± {c['r2_sd']:.3f}" for c in cells) + " |")
+            lines.append(
+                f"| {x} | {cells[0]['n_train']} | "
+                + " | ".join(f"{c['r2']:.3f} ± {c['r2_sd']:.3f}" for c in cells)
+                + " |"
+            )
         lines.append("")
     t = cfg["table"]
     pop = tab["population"]
-    lines += ["## (b) Model table", "",
-              f"{t['n_samples']} simulated F1 segregants × {t['n_loci']} linked loci (16 chromosomes), {t['n_traits']} "
-              f"traits sharing {t['n_qtl']} QTL (effect correlation {t['pleiotropy']}, H² {t['h2']}): trait_0…"
-              f"trait_{t['n_additive'] - 1} additive (V_A/V_G = 1), the others V_A/V_G {t['epistatic_share']}; split "
-              f"{pop['split']}. Token models read {t['max_tokens']} linkage blocks (training split).", ""]
+    lines += [
+        "## (b) Model table",
+        "",
+        f"{t['n_samples']} simulated F1 segregants × {t['n_loci']} linked loci (16 chromosomes), {t['n_traits']} "
+        f"traits sharing {t['n_qtl']} QTL (effect correlation {t['pleiotropy']}, H² {t['h2']}): trait_0…"
+        f"trait_{t['n_additive'] - 1} additive (V_A/V_G = 1), the others V_A/V_G {t['epistatic_share']}; split "
+        f"{pop['split']}. Token models read {t['max_tokens']} linkage blocks (training split).",
+        "",
+    ]
     lines += _model_rows(tab["models"])
     n_add = t["n_additive"]
     lines += ["", "| model | additive traits R² | epistatic traits R² |", "|---|---:|---:|"]
@@ -407,28 +642,48 @@ def write_markdown(path: Path, result: dict) -> None:
         vals = list(r["r2"].values())
         lines.append(f"| {name} | {_fmt(_mean(vals[:n_add]))} | {_fmt(_mean(vals[n_add:]))} |")
     b = cfg["bloom"]
-    lines += ["", "## (c) Bloom-like cross", "",
-              f"{b['n_samples']} segregants × {b['n_loci']} markers, {b['n_qtl']} QTL with a disjoint epistatic "
-              f"pairing (V_A/V_G {b['additive_share']}, H² {b['h2']}), two traits with effect correlation "
-              f"{b['pleiotropy']}; "
-              f"split {bl['population']['split']}. Token models read {b['max_tokens']} linkage blocks.", ""]
+    lines += [
+        "",
+        "## (c) Bloom-like cross",
+        "",
+        f"{b['n_samples']} segregants × {b['n_loci']} markers, {b['n_qtl']} QTL with a disjoint epistatic "
+        f"pairing (V_A/V_G {b['additive_share']}, H² {b['h2']}), two traits with effect correlation "
+        f"{b['pleiotropy']}; "
+        f"split {bl['population']['split']}. Token models read {b['max_tokens']} linkage blocks.",
+        "",
+    ]
     lines += _model_rows(bl["models"])
     lines += ["", "Per-trait test R²:", "", "| model | trait_0 | trait_1 |", "|---|---:|---:|"]
     for name, r in bl["models"].items():
         lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in r["r2"].values()) + " |")
     if bl["single_trait"]:
-        lines += ["", "Multi-trait (one model, both traits) vs single-trait (one model per trait), test R²:", "",
-                  "| model | multi trait_0 | multi trait_1 | single trait_0 | single trait_1 |",
-                  "|---|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "Multi-trait (one model, both traits) vs single-trait (one model per trait), test R²:",
+            "",
+            "| model | multi trait_0 | multi trait_1 | single trait_0 | single trait_1 |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for name, per in bl["single_trait"].items():
             multi = bl["models"][name]["r2"]
-            lines.append(f"| {name} | " + " | ".join(_fmt(multi[k]) for k in per) + " | "
-                         + " | ".join(_fmt(v["r2"]) for v in per.values()) + " |")
-    lines += ["", "Locus CellFormer, head 0 of layer 0 tied to the LD graph of the blocks (training split, top 8):", "",
-              "| arm | mean test R² per seed | mean |", "|---|---|---:|"]
+            lines.append(
+                f"| {name} | "
+                + " | ".join(_fmt(multi[k]) for k in per)
+                + " | "
+                + " | ".join(_fmt(v["r2"]) for v in per.values())
+                + " |"
+            )
+    lines += [
+        "",
+        "Locus CellFormer, head 0 of layer 0 tied to the LD graph of the blocks (training split, top 8):",
+        "",
+        "| arm | mean test R² per seed | mean |",
+        "|---|---|---:|",
+    ]
     for arm, rs in bl["tie"].items():
-        lines.append(f"| {arm} | " + ", ".join(f"{r['mean_r2']:.3f}" for r in rs) + f" | "
-                     f"{_mean(r['mean_r2'] for r in rs):.3f} |")
+        lines.append(
+            f"| {arm} | " + ", ".join(f"{r['mean_r2']:.3f}" for r in rs) + f" | {_mean(r['mean_r2'] for r in rs):.3f} |"
+        )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -482,10 +737,14 @@ def main(argv: list[str] | None = None) -> int:
     bloom = run_bloom(cfg["bloom"], cfg["train"], log)
     torch.set_num_threads(threads)
     result = {
-        "mode": mode, "date": time.strftime("%Y-%m-%d"), "config": cfg,
+        "mode": mode,
+        "date": time.strftime("%Y-%m-%d"),
+        "config": cfg,
         "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()},
-        "scaling_rows": scaling_rows, "scaling_summary": summarise_scaling(scaling_rows, cfg["scaling"]),
-        "table": table, "bloom": bloom,
+        "scaling_rows": scaling_rows,
+        "scaling_summary": summarise_scaling(scaling_rows, cfg["scaling"]),
+        "table": table,
+        "bloom": bloom,
     }
     result["targets"] = targets(result)
     result["total_seconds"] = time.perf_counter() - t0

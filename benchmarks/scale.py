@@ -202,8 +202,11 @@ def markdown(report: dict) -> str:
     lines += ["", "## Targets", "", "| target | measured | status |", "|---|---|---|"]
     for t in report["targets"]:
         lines.append(f"| {t['target']} | {t['measured']} | {t['status']} |")
-    lines += ["", "Screen and predict times include starting the process and loading the checkpoint (the "
-              "screen of 4,950 pairs is dominated by them; `benchmarks/screen.py` measures the screening loop)."]
+    lines += [
+        "",
+        "Screen and predict times include starting the process and loading the checkpoint (the "
+        "screen of 4,950 pairs is dominated by them; `benchmarks/screen.py` measures the screening loop).",
+    ]
     return "\n".join(lines) + "\n"
 
 

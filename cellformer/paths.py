@@ -76,9 +76,7 @@ def check_outputs(
         _check_writable_name(label, out)
         for in_label, src in ins:
             if same_file(out, src):
-                raise UserError(
-                    f"{label} {out} is the input file itself ({in_label}); write to another file"
-                )
+                raise UserError(f"{label} {out} is the input file itself ({in_label}); write to another file")
         for other_label, other in outs[:i]:
             if same_file(out, other):
                 raise UserError(f"{label} {out} is also {other_label}; give the outputs different names")

@@ -201,8 +201,8 @@ def test_transpose_ties_targets_to_their_regulators():
                         graph_reg={"reg": {"layer": 0, "head": 0}})  # fmt: skip
     tr = build_model("cellformer", genome, graphs, ["fitness"], d_model=16, n_layers=1, n_heads=2,
                      graph_reg={"reg": {"layer": 0, "head": 0, "transpose": True}})  # fmt: skip
-    assert plain.valid_rows("reg").tolist() == [0]
-    assert tr.valid_rows("reg").tolist() == list(range(1, 11))
+    assert plain.regularizer.rows_of("reg").valid.tolist() == [0]
+    assert tr.regularizer.rows_of("reg").valid.tolist() == list(range(1, 11))
 
 
 def test_pairwise_summary_is_symmetric_and_zero_for_singletons():

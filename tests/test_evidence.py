@@ -78,8 +78,14 @@ def test_sim_toy_run_writes_outputs_and_never_overwrites(evidence, tmp_path: Pat
 
 def test_ablations_change_what_they_say(evidence) -> None:
     base = {"d_model": 16, "n_layers": 2, "graph_reg": {"g": {"layer": 0, "head": 0}}, "profile_dim": 8}
-    cfg = evidence.RunConfig(steps=1, baseline_steps=1, eval_every=1, device="cpu", batch_size=8,
-                             cellformer={"model_args": base, "lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 1})
+    cfg = evidence.RunConfig(
+        steps=1,
+        baseline_steps=1,
+        eval_every=1,
+        device="cpu",
+        batch_size=8,
+        cellformer={"model_args": base, "lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 1},
+    )
     problem = toy_real_problem()
     _, a, *_ = evidence.model_spec("no_encoder", problem, problem.graphs, cfg)
     _, b, *_ = evidence.model_spec("no_records", problem, problem.graphs, cfg)

@@ -33,8 +33,12 @@ SMALL = {
     "canonical_transformer": {"d_model": 16, "n_layers": 2},
     "vanilla_transformer": {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "dropout": 0.0},
     "fariello_transformer": {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "dropout": 0.0},
-    "cellformer": {"d_model": 16, "n_layers": 1, "n_heads": 2, "graph_reg": {"ld": {"layer": 0, "head": 0,
-                                                                                       "weight": 0.1, "rows": 8}}},
+    "cellformer": {
+        "d_model": 16,
+        "n_layers": 1,
+        "n_heads": 2,
+        "graph_reg": {"ld": {"layer": 0, "head": 0, "weight": 0.1, "rows": 8}},
+    },
 }
 
 
@@ -51,13 +55,21 @@ def tiny_population(n: int = 240, n_loci: int = 16, seed: int = 0) -> GenotypeDa
     y = y.astype(np.float32)
     y[:5, 1] = np.nan
     loci = Loci([f"m{j:02d}" for j in range(n_loci)], np.ones(n_loci), np.arange(n_loci) * 1000, [""] * n_loci)
-    return GenotypeData(x, y, ["t0", "t1"], loci, [f"s{i}" for i in range(n)],
-                        split=random_genotype_split(n, 0.15, 0.15, seed=seed))
+    return GenotypeData(
+        x, y, ["t0", "t1"], loci, [f"s{i}" for i in range(n)], split=random_genotype_split(n, 0.15, 0.15, seed=seed)
+    )
 
 
 def _trainer(epochs: int, **kw) -> L.Trainer:
-    return L.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                     accelerator="cpu", devices=1, **kw)
+    return L.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +153,15 @@ def test_locus_graph_term_is_positive_and_reaches_the_tied_head(population):
     torch.manual_seed(0)
     graph = ld_graph(population.genotypes, "ld", top_k=3)
     assert graph.num_edges > 0
-    model = LocusCellFormer(16, 2, graphs={"ld": graph}, d_model=16, n_layers=2, n_heads=2,
-                            graph_reg={"ld": {"layer": 1, "head": 1, "weight": 1.0, "rows": 8}})
+    model = LocusCellFormer(
+        16,
+        2,
+        graphs={"ld": graph},
+        d_model=16,
+        n_layers=2,
+        n_heads=2,
+        graph_reg={"ld": {"layer": 1, "head": 1, "weight": 1.0, "rows": 8}},
+    )
     x = torch.as_tensor(population.genotypes[:8], dtype=torch.float32)
     _, losses = model.forward_with_losses(x)
     term = losses["graph/ld"]
@@ -154,8 +173,15 @@ def test_locus_graph_term_is_positive_and_reaches_the_tied_head(population):
     assert grad[q_rows].abs().sum() > 0 and grad[k_rows].abs().sum() > 0
     assert grad[other_q].abs().sum() == 0  # only the tied head's queries move
     # a head tied with weight 0 contributes nothing
-    model0 = LocusCellFormer(16, 2, graphs={"ld": graph}, d_model=16, n_layers=1, n_heads=2,
-                             graph_reg={"ld": {"layer": 0, "head": 0, "weight": 0.0}})
+    model0 = LocusCellFormer(
+        16,
+        2,
+        graphs={"ld": graph},
+        d_model=16,
+        n_layers=1,
+        n_heads=2,
+        graph_reg={"ld": {"layer": 0, "head": 0, "weight": 0.0}},
+    )
     assert float(model0.forward_with_losses(x)[1]["graph/ld"]) == 0.0
 
 
@@ -260,8 +286,14 @@ def test_benchmark_quick_mode_writes_its_report(tmp_path):
     assert bench.main(["--quick", "--out-dir", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "genotype_quick.json").read_text())
     names = [t["target"] for t in result["targets"]]
-    for part in ("additive traits (model table)", "epistatic traits", "multi-trait ≥ single-trait",
-                 "LD tie beats λ = 0", "LD tie beats rewired", "GBM vs the best transformer vs LASSO"):
+    for part in (
+        "additive traits (model table)",
+        "epistatic traits",
+        "multi-trait ≥ single-trait",
+        "LD tie beats λ = 0",
+        "LD tie beats rewired",
+        "GBM vs the best transformer vs LASSO",
+    ):
         assert sum(part in n for n in names) >= 1, (part, names)
     assert all(isinstance(t["met"], bool) for t in result["targets"])
     assert set(result["table"]["models"]) == set(bench.MODES["quick"]["table"]["models"])

@@ -29,8 +29,15 @@ warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
 
 def _trainer(**kw) -> L.Trainer:
-    base = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
-                enable_checkpointing=False, num_sanity_val_steps=0)
+    base = dict(
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )
     return L.Trainer(**{**base, **kw})
 
 
@@ -42,8 +49,14 @@ def blocky_population(n: int = 300, seed: int = 0) -> GenotypeData:
     x = np.stack([h[:, 0], h[:, 0], h[:, 0], h[:, 1], h[:, 1], h[:, 2], h[:, 3], h[:, 3], h[:, 3], h[:, 4]], 1)
     y = np.stack([1.5 * x[:, 1] + 0.3 * rng.normal(size=n), x[:, 7] - x[:, 9] + 0.3 * rng.normal(size=n)], 1)
     loci = Loci([f"m{j}" for j in range(10)], [1] * 6 + [2] * 4, np.arange(10) * 100 + 1, [""] * 10)
-    return GenotypeData(x, y.astype(np.float32), ["t0", "t1"], loci, [f"s{i}" for i in range(n)],
-                        split=random_genotype_split(n, 0.15, 0.15, seed=seed))
+    return GenotypeData(
+        x,
+        y.astype(np.float32),
+        ["t0", "t1"],
+        loci,
+        [f"s{i}" for i in range(n)],
+        split=random_genotype_split(n, 0.15, 0.15, seed=seed),
+    )
 
 
 # ---------------------------------------------------------------------- blocks
@@ -100,13 +113,23 @@ def test_block_tokens_sum_their_markers_tokens():
 def test_a_blocked_model_trains_round_trips_and_explains_per_marker(name, tmp_path):
     L.seed_everything(0)
     pop = blocky_population()
-    args = {"vanilla_transformer": {"d_model": 8, "n_layers": 1, "n_heads": 2, "d_ff": 16, "dropout": 0.0},
-            "rijal_attention": {"d_model": 4, "n_layers": 2},
-            "fariello_transformer": {"d_model": 8, "n_layers": 1, "n_heads": 2, "d_ff": 16, "dropout": 0.0},
-            "cellformer": {"d_model": 8, "n_layers": 1, "n_heads": 2,
-                           "graph_reg": {"ld": {"layer": 0, "head": 0, "weight": 0.1, "rows": 4}}}}[name]
-    dm = GenotypeDataModule(data=pop, blocks={"r2": 0.9}, batch_size=32,
-                            locus_graphs={"ld": {"kind": "ld", "top_k": 2}} if name == "cellformer" else None)
+    args = {
+        "vanilla_transformer": {"d_model": 8, "n_layers": 1, "n_heads": 2, "d_ff": 16, "dropout": 0.0},
+        "rijal_attention": {"d_model": 4, "n_layers": 2},
+        "fariello_transformer": {"d_model": 8, "n_layers": 1, "n_heads": 2, "d_ff": 16, "dropout": 0.0},
+        "cellformer": {
+            "d_model": 8,
+            "n_layers": 1,
+            "n_heads": 2,
+            "graph_reg": {"ld": {"layer": 0, "head": 0, "weight": 0.1, "rows": 4}},
+        },
+    }[name]
+    dm = GenotypeDataModule(
+        data=pop,
+        blocks={"r2": 0.9},
+        batch_size=32,
+        locus_graphs={"ld": {"kind": "ld", "top_k": 2}} if name == "cellformer" else None,
+    )
     module = GenotypeModule(name, args, lr=1e-2, warmup_steps=2, context=dm.context)
     if name == "cellformer":
         assert dm.context.graphs["ld"].num_nodes == 5  # the locus graph is over the blocks
@@ -117,8 +140,9 @@ def test_a_blocked_model_trains_round_trips_and_explains_per_marker(name, tmp_pa
     model, context, _ = load_genotype_checkpoint(path)
     np.testing.assert_array_equal(context.blocks, dm.context.blocks)  # the grouping is saved
     x = pop.genotypes[:16].astype(np.float32)
-    np.testing.assert_allclose(predict_genotypes(model, context, x), predict_genotypes(module.model, dm.context, x),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        predict_genotypes(model, context, x), predict_genotypes(module.model, dm.context, x), rtol=1e-5, atol=1e-5
+    )
     importance, effect = locus_attribution(model, x, context.y_std)
     assert importance.shape == (2, 10) and effect.shape == (2, 10)  # per marker, not per block
     assert np.count_nonzero(importance[:, :3].std(1)) >= 0 and (importance >= 0).all()
@@ -127,8 +151,7 @@ def test_a_blocked_model_trains_round_trips_and_explains_per_marker(name, tmp_pa
 def test_markers_of_one_block_get_their_own_attribution():
     """Within a block, each marker keeps its own embedding, so a gradient attribution can tell them apart."""
     torch.manual_seed(0)
-    model = build_genotype_model("canonical_transformer", 4, 1, blocks=np.array([0, 0, 1, 1]), d_model=4,
-                                 n_layers=1)
+    model = build_genotype_model("canonical_transformer", 4, 1, blocks=np.array([0, 0, 1, 1]), d_model=4, n_layers=1)
     with torch.no_grad():
         model.tokens.embed.weight[1].zero_()  # marker 1 contributes nothing to its block's token
     x = np.array([[1, -1, 1, 1], [-1, 1, -1, 1]], np.float32)
@@ -148,8 +171,7 @@ def test_rijal_joint_pass_is_one_pass_and_phenotypes_do_not_interact():
     assert out.shape == (5, 3) and shapes == [(5, 7 + 3, 5)]  # one sequence per genotype, all phenotypes in it
     # each phenotype's output is what a model holding only that phenotype's token gives
     single = RijalAttention(7, 1, d_model=4, n_layers=2)
-    single.load_state_dict({k: (v[1:2] if k == "phenotype_embed.weight" else v)
-                            for k, v in model.state_dict().items()})
+    single.load_state_dict({k: (v[1:2] if k == "phenotype_embed.weight" else v) for k, v in model.state_dict().items()})
     torch.testing.assert_close(single(x)[:, 0], out[:, 1])
     # dense reference: locus tokens attend to loci; phenotype tokens to loci and themselves
     loci = x[..., None] * model.random_embedding
@@ -175,8 +197,9 @@ def test_gradient_boosting_stops_on_validation_and_checkpoints_as_text(tmp_path)
     L.seed_everything(0)
     pop = blocky_population(400)
     dm = GenotypeDataModule(data=pop, batch_size=64)
-    module = GenotypeModule("gbm", {"n_estimators": 500, "early_stopping_rounds": 20, "min_data_in_leaf": 5},
-                            context=dm.context)
+    module = GenotypeModule(
+        "gbm", {"n_estimators": 500, "early_stopping_rounds": 20, "min_data_in_leaf": 5}, context=dm.context
+    )
     trainer = _trainer(max_epochs=1, callbacks=[KeepBest()])
     trainer.fit(module, datamodule=dm)
     rounds = module.closed_form_info["best_iteration"]
@@ -190,8 +213,9 @@ def test_gradient_boosting_stops_on_validation_and_checkpoints_as_text(tmp_path)
     assert all(isinstance(d, str) and d.startswith("tree") for d in dumps)
     model, context, meta = load_genotype_checkpoint(path)
     x = pop.genotypes[:30].astype(np.float32)
-    np.testing.assert_allclose(predict_genotypes(model, context, x), predict_genotypes(module.model, dm.context, x),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        predict_genotypes(model, context, x), predict_genotypes(module.model, dm.context, x), rtol=1e-6, atol=1e-6
+    )
     # explain: split gain per marker; trait 0 is driven by markers 0-2 (copies), trait 1 by markers 6-9
     importance, effect = locus_attribution(model, x, context.y_std)
     assert int(np.argmax(importance[0])) in (0, 1, 2) and int(np.argmax(importance[1])) in (6, 7, 8, 9)
@@ -205,8 +229,9 @@ def test_gradient_boosting_stops_on_validation_and_checkpoints_as_text(tmp_path)
     out = tmp_path / "pred.tsv"
     assert main(["predict", "--ckpt", str(path), "--genotypes", str(table), "--out", str(out)]) == 0
     got = np.array([[float(v) for v in r.split("\t")[1:]] for r in out.read_text().strip().split("\n")[1:]])
-    np.testing.assert_allclose(got, predict_genotypes(model, context, pop.genotypes[:5].astype(np.float32)),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        got, predict_genotypes(model, context, pop.genotypes[:5].astype(np.float32)), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_lasso_dense_panel_form_meets_the_optimality_conditions():
@@ -254,22 +279,33 @@ def test_both_modes_share_the_training_base():
     L.seed_everything(0)
     pop = blocky_population()
     dm = GenotypeDataModule(data=pop, batch_size=32, locus_graphs={"ld": {"kind": "ld", "top_k": 2}})
-    module = GenotypeModule("cellformer", {"d_model": 8, "n_layers": 1, "n_heads": 2,
-                                           "graph_reg": {"ld": {"layer": 0, "head": 0, "weight": 5.0, "rows": 4}}},
-                            context=dm.context)
+    module = GenotypeModule(
+        "cellformer",
+        {
+            "d_model": 8,
+            "n_layers": 1,
+            "n_heads": 2,
+            "graph_reg": {"ld": {"layer": 0, "head": 0, "weight": 5.0, "rows": 4}},
+        },
+        context=dm.context,
+    )
     trainer = _trainer(max_steps=3, val_check_interval=3, check_val_every_n_epoch=None)
     trainer.fit(module, datamodule=dm)
     m = trainer.callback_metrics
-    total, pheno, graph = (float(m[k]) for k in ("train/total_loss_epoch", "train/phenotype_loss_epoch",
-                                                 "train/graph/ld_epoch"))
+    total, pheno, graph = (
+        float(m[k]) for k in ("train/total_loss_epoch", "train/phenotype_loss_epoch", "train/graph/ld_epoch")
+    )
     assert graph > 0 and total == pytest.approx(pheno + graph, rel=1e-5)
     assert float(m["val_loss"]) == pytest.approx(float(m["val/phenotype_loss"]))
     assert "val/mean_r2" in m and "val/r2/t0" in m
 
 
 # ---------------------------------------------------------------------- shipped configs
-GENOTYPE_CONFIGS = sorted(p for p in (__import__("pathlib").Path(__file__).parents[1] / "configs" / "genotype").glob(
-    "*.yaml") if p.name != "callbacks.yaml")
+GENOTYPE_CONFIGS = sorted(
+    p
+    for p in (__import__("pathlib").Path(__file__).parents[1] / "configs" / "genotype").glob("*.yaml")
+    if p.name != "callbacks.yaml"
+)
 
 
 @pytest.mark.parametrize("path", GENOTYPE_CONFIGS, ids=lambda p: p.stem)

@@ -83,12 +83,12 @@ def test_sampled_kl_matches_dense_reference(weighted, layer, head):
     model = toy_model({"cliques": {"layer": layer, "head": head, "weight": 0.7, "rows": 13}}, graphs=graphs)
     model.eval()
     with torch.no_grad():
-        full = model.graph_loss("cliques", rows=model.valid_rows("cliques"))
+        full = model.graph_loss("cliques", rows=model.regularizer.rows_of("cliques").valid)
         assert torch.allclose(full, dense_graph_kl(model, "cliques"), atol=1e-5)
         model.generator.manual_seed(3)
         sampled = model.graph_loss("cliques")
         model.generator.manual_seed(3)
-        rows = model.sample_graph_rows("cliques")
+        rows = model.regularizer.sample("cliques")
         assert rows.numel() == 13 and rows.unique().numel() == 13
         assert torch.allclose(sampled, dense_graph_kl(model, "cliques", rows=rows), atol=1e-5)
         # the forward pass reports the same term (eval mode: no dropout, sampling right after encoding)
@@ -104,7 +104,7 @@ def test_row_sampling_leaves_the_global_rng_alone():
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    model.sample_graph_rows("cliques")
+    model.regularizer.sample("cliques")
     model.graph_loss("cliques")
     assert torch.equal(torch.rand(3), expected)
 
@@ -112,13 +112,13 @@ def test_row_sampling_leaves_the_global_rng_alone():
 def test_rows_are_reproducible_and_uniform():
     model = toy_model({"cliques": {"layer": 0, "head": 0, "rows": 10}})
     model.generator.manual_seed(0)
-    a = model.sample_graph_rows("cliques")
+    a = model.regularizer.sample("cliques")
     model.generator.manual_seed(0)
-    b = model.sample_graph_rows("cliques")
+    b = model.regularizer.sample("cliques")
     assert torch.equal(a, b)
     counts = torch.zeros(N)
     for _ in range(600):
-        counts[model.sample_graph_rows("cliques")] += 1
+        counts[model.regularizer.sample("cliques")] += 1
     assert counts.min() > 50 and counts.max() < 150  # expectation 100 per gene
 
 
@@ -137,12 +137,12 @@ def test_masked_rows_never_enter():
         genome=toy_genome(N, features=F_DIM, added=added),
     )
     model.eval()
-    valid = model.valid_rows("cliques")
+    valid = model.regularizer.rows_of("cliques").valid
     assert torch.equal(valid, torch.arange(10, 50))
-    seen = torch.cat([model.sample_graph_rows("cliques") for _ in range(300)]).unique()
+    seen = torch.cat([model.regularizer.sample("cliques") for _ in range(300)]).unique()
     assert torch.equal(seen, torch.arange(10, 50))
     # no target mass on added genes' keys; still an exact distribution over the other genes
-    g = model.graph_tensors("cliques")
+    g = model.regularizer.rows_of("cliques")
     assert not (g.col >= 50).any()
     assert torch.allclose(g.val.sum(), torch.tensor(float(valid.numel())))
     with torch.no_grad():
@@ -159,10 +159,10 @@ def test_masked_rows_never_enter():
     with torch.no_grad():
         model.generator.manual_seed(11)
         l_plain = model(plain).losses["graph/cliques"]
-        rows_plain = model.sample_graph_rows("cliques")
+        rows_plain = model.regularizer.sample("cliques")
         model.generator.manual_seed(11)
         l_mixed = model(mixed).losses["graph/cliques"]
-        rows_mixed = model.sample_graph_rows("cliques")
+        rows_mixed = model.regularizer.sample("cliques")
     assert torch.equal(rows_plain, rows_mixed)
     assert torch.allclose(l_plain, l_mixed, atol=1e-6)
 

@@ -53,13 +53,22 @@ def toy(tmp_path_factory) -> dict:
     model_args = ["--model.model_args", '{"d_model": 16, "n_layers": 2, "n_heads": 2, "structural_dim": 4}']
     quiet = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.max_steps", "2"]
     fit_args = [*data_args, *model_args, *quiet]
-    checkpoint = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                  "init_args": {"dirpath": str(d), "filename": "toy"}}
+    checkpoint = {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"dirpath": str(d), "filename": "toy"},
+    }
     ckpt_cb = json.dumps([checkpoint])
     assert main(["fit", *fit_args, "--trainer.callbacks", ckpt_cb, "--test_after_fit", "false"]) == 0
     assert (d / "toy.ckpt").exists()
-    return {"dir": d, "genes": genes, "edges": edges, "screen": screen, "dataset": dataset, "ckpt": d / "toy.ckpt",
-            "fit_args": fit_args}
+    return {
+        "dir": d,
+        "genes": genes,
+        "edges": edges,
+        "screen": screen,
+        "dataset": dataset,
+        "ckpt": d / "toy.ckpt",
+        "fit_args": fit_args,
+    }
 
 
 class _Evil:
@@ -107,8 +116,11 @@ def test_checkpoint_url_is_refused_and_runs_no_code(toy, tmp_path, capsys, monke
 
 
 def test_weights_only_false_is_refused(toy, capsys):
-    user_error(capsys, ["test", *toy["fit_args"], "--ckpt_path", str(toy["ckpt"]), "--weights_only", "false"],
-               "--weights_only false")
+    user_error(
+        capsys,
+        ["test", *toy["fit_args"], "--ckpt_path", str(toy["ckpt"]), "--weights_only", "false"],
+        "--weights_only false",
+    )
 
 
 @pytest.mark.parametrize("kind", ["empty", "truncated", "garbage", "missing", "not-a-checkpoint"])
@@ -139,8 +151,11 @@ def test_import_rejects_is_never_the_input(tmp_path, capsys):
     user_error(capsys, ["data", "import", str(x), "--skip-bad-rows"], "--rejects", "input file itself")
     assert x.read_text() == before and not (tmp_path / "x.h5").exists()
     # and two outputs are never the same file
-    user_error(capsys, ["data", "import", str(t), "--out", str(tmp_path / "o.h5"), "--rejects",
-                        str(tmp_path / "o.h5")], "is also --out")
+    user_error(
+        capsys,
+        ["data", "import", str(t), "--out", str(tmp_path / "o.h5"), "--rejects", str(tmp_path / "o.h5")],
+        "is also --out",
+    )
 
 
 def test_stale_rejects_do_not_survive_a_clean_reimport(tmp_path, capsys):
@@ -178,9 +193,13 @@ def ridge(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("ridge")
     files = _genotype_tables(d)
     data = d / "seg.h5"
-    assert main(["data", "import-genotypes", str(files["geno"]), "--phenotypes", str(files["pheno"]),
-                 "--out", str(data)]) == 0
-    cfg = write(d / "ridge.yaml", f"""seed_everything: 0
+    assert (
+        main(["data", "import-genotypes", str(files["geno"]), "--phenotypes", str(files["pheno"]), "--out", str(data)])
+        == 0
+    )
+    cfg = write(
+        d / "ridge.yaml",
+        f"""seed_everything: 0
 trainer:
   accelerator: cpu
   max_epochs: 1
@@ -193,7 +212,8 @@ model:
 data:
   class_path: cellformer.genotype.training.GenotypeDataModule
   init_args: {{dataset: {data}, batch_size: 64}}
-""")
+""",
+    )
     assert main(["fit", "--config", str(cfg), "--test_after_fit", "false"]) == 0
     return {**files, "dir": d, "data": data, "config": cfg, "ckpt": d / "ridge.ckpt"}
 
@@ -209,8 +229,12 @@ def _predictions(capsys, ckpt: Path, table: Path) -> dict[str, float]:
 def test_import_genotypes_outputs_are_never_inputs(ridge, tmp_path, capsys):
     geno, pheno = ridge["geno"].read_text(), ridge["pheno"].read_text()
     args = ["data", "import-genotypes", str(ridge["geno"]), "--phenotypes", str(ridge["pheno"])]
-    user_error(capsys, [*args, "--out", str(tmp_path / "a.h5"), "--rejects", str(ridge["geno"])],
-               "--rejects", "input file itself")
+    user_error(
+        capsys,
+        [*args, "--out", str(tmp_path / "a.h5"), "--rejects", str(ridge["geno"])],
+        "--rejects",
+        "input file itself",
+    )
     user_error(capsys, [*args, "--out", str(ridge["pheno"]), "--force"], "--out", "input file itself")
     user_error(capsys, [*args, "--out", str(ridge["data"])], "already exists")
     assert ridge["geno"].read_text() == geno and ridge["pheno"].read_text() == pheno
@@ -225,8 +249,9 @@ def test_stray_minus_one_in_a_01_table_is_an_error(tmp_path, capsys):
     lines[57] = lines[57].rsplit("\t", 1)[0] + "\t-1"  # file line 59, marker m29
     geno = write(tmp_path / "g.tsv", text + "\n".join(lines) + "\n")
     out = tmp_path / "g.h5"
-    user_error(capsys, ["data", "import-genotypes", str(geno), "--out", str(out)], "g.tsv:59", "'m29'", "'-1'",
-               "--coding")
+    user_error(
+        capsys, ["data", "import-genotypes", str(geno), "--out", str(out)], "g.tsv:59", "'m29'", "'-1'", "--coding"
+    )
     assert not out.exists()
     assert main(["data", "import-genotypes", str(geno), "--out", str(out), "--coding", "01"]) == 0  # told: -1 is bad
     from cellformer.genotype.data import GenotypeData
@@ -334,8 +359,16 @@ def test_fit_without_logger_keeps_config_yaml(toy, tmp_path, capsys, monkeypatch
     monkeypatch.chdir(tmp_path)
     cfg = write(tmp_path / "config.yaml", "# my own config\ntrainer:\n  max_steps: 1\n")
     before = cfg.read_text()
-    argv = ["fit", "--config", "config.yaml", *toy["fit_args"], "--test_after_fit", "false",
-            "--trainer.enable_checkpointing", "false"]
+    argv = [
+        "fit",
+        "--config",
+        "config.yaml",
+        *toy["fit_args"],
+        "--test_after_fit",
+        "false",
+        "--trainer.enable_checkpointing",
+        "false",
+    ]
     assert main(argv) == 0
     assert cfg.read_text() == before
     assert "config of this run is not saved" in capsys.readouterr().out
@@ -376,18 +409,42 @@ def test_existing_outputs_need_force(trained, toy, tmp_path, capsys):
     gdir = tmp_path / "graphs"
     gdir.mkdir()
     write(gdir / "edges.tsv.gz", keep)
-    graph = ["data", "import-graph", str(toy["edges"]), "--format", "edge-list", "--genome", str(toy["genes"]),
-             "--out-dir", str(gdir)]
+    graph = [
+        "data",
+        "import-graph",
+        str(toy["edges"]),
+        "--format",
+        "edge-list",
+        "--genome",
+        str(toy["genes"]),
+        "--out-dir",
+        str(gdir),
+    ]
     user_error(capsys, graph, "edges.tsv.gz", "already exists")
     assert (gdir / "edges.tsv.gz").read_text() == keep
     assert main([*graph, "--force"]) == 0 and gzip.open(gdir / "edges.tsv.gz", "rt").readline().startswith("gene_a")
     src = gdir / "edges.tsv.gz"
-    user_error(capsys, ["data", "import-graph", str(src), "--format", "edge-list", "--genome", str(toy["genes"]),
-                        "--out-dir", str(gdir), "--force"], "input file itself")
+    user_error(
+        capsys,
+        [
+            "data",
+            "import-graph",
+            str(src),
+            "--format",
+            "edge-list",
+            "--genome",
+            str(toy["genes"]),
+            "--out-dir",
+            str(gdir),
+            "--force",
+        ],
+        "input file itself",
+    )
     # import-screen --out
     h5 = write(tmp_path / "s.h5", keep)
-    user_error(capsys, ["data", "import-screen", "--format", "costanzo2016", str(COSTANZO), "--out", str(h5)],
-               "already exists")
+    user_error(
+        capsys, ["data", "import-screen", "--format", "costanzo2016", str(COSTANZO), "--out", str(h5)], "already exists"
+    )
     assert h5.read_text() == keep
     assert main(["data", "import-screen", "--format", "costanzo2016", str(COSTANZO), "--out", str(h5), "--force"]) == 0
 

@@ -37,8 +37,16 @@ def reference() -> dict:
                             types=np.full(len(ref["gene_index"]), int(PerturbationType.DELETION)),
                             phenotypes=ref["phenotypes"], phenotype_names=["fitness", "epsilon"],
                             genome_hash=genome.hash)  # fmt: skip
-    model = build_model("cellformer", genome, GraphSet([g1, g2], genome.hash), data.phenotype_names,
-                        d_model=16, n_layers=1, n_heads=2, profile_dim=0)  # fmt: skip  (no profiles at 76ec2ff)
+    model = build_model(
+        "cellformer",
+        genome,
+        GraphSet([g1, g2], genome.hash),
+        data.phenotype_names,
+        d_model=16,
+        n_layers=1,
+        n_heads=2,
+        profile_dim=0,
+    )  # fmt: skip  (no profiles at 76ec2ff)
     train = ref["train"]
     y = data.phenotypes[train].astype(np.float64)
     model.set_target_scaling(np.nanmean(y, 0), np.nanstd(y, 0))

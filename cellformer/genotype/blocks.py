@@ -87,8 +87,13 @@ def _greedy(zt: np.ndarray, starts: set[int], threshold: float) -> np.ndarray:
     return out
 
 
-def ld_blocks(genotypes: np.ndarray, chrom: np.ndarray | None = None, r2: float | None = None,
-              max_tokens: int | None = None, iterations: int = 24) -> np.ndarray:
+def ld_blocks(
+    genotypes: np.ndarray,
+    chrom: np.ndarray | None = None,
+    r2: float | None = None,
+    max_tokens: int | None = None,
+    iterations: int = 24,
+) -> np.ndarray:
     """Block index (M,) int64 per marker, 0-based, non-decreasing in file order (see the module docstring).
 
     Args:
@@ -106,8 +111,10 @@ def ld_blocks(genotypes: np.ndarray, chrom: np.ndarray | None = None, r2: float 
     chrom = np.zeros(M, np.int16) if chrom is None else np.asarray(chrom)
     starts = set(_runs(chrom).tolist())
     if max_tokens is not None and len(starts) > max_tokens:
-        raise UserError(f"blocks: max_tokens {max_tokens} is below the number of chromosomes ({len(starts)}); "
-                        "blocks never span two chromosomes")
+        raise UserError(
+            f"blocks: max_tokens {max_tokens} is below the number of chromosomes ({len(starts)}); "
+            "blocks never span two chromosomes"
+        )
     z = np.ascontiguousarray(_standardised(x).T)
     if r2 is not None:
         blocks = _greedy(z, starts, r2)
@@ -147,5 +154,9 @@ def check_blocks(blocks: np.ndarray, n_markers: int) -> np.ndarray:
 def describe_blocks(blocks: np.ndarray) -> dict:
     """Token count and block sizes (for logs and reports)."""
     sizes = np.bincount(np.asarray(blocks, dtype=np.int64))
-    return {"markers": int(sizes.sum()), "tokens": int(len(sizes)), "mean_size": float(sizes.mean()),
-            "max_size": int(sizes.max())}
+    return {
+        "markers": int(sizes.sum()),
+        "tokens": int(len(sizes)),
+        "mean_size": float(sizes.mean()),
+        "max_size": int(sizes.max()),
+    }

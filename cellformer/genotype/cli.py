@@ -150,8 +150,13 @@ def query_alleles(stored: dict | None, allele_coding: str = "auto", reference_al
     return alleles
 
 
-def read_query_genotypes(path: str, locus_ids: list[str], allele_coding: str = "auto",
-                         reference_allele: str | None = None, alleles: dict | None = None):
+def read_query_genotypes(
+    path: str,
+    locus_ids: list[str],
+    allele_coding: str = "auto",
+    reference_allele: str | None = None,
+    alleles: dict | None = None,
+):
     """Read a samples × markers table and order its columns as the checkpoint's loci.
 
     ``alleles`` (the checkpoint's allele record) fixes which call is +1, so predictions do not depend on
@@ -164,17 +169,22 @@ def read_query_genotypes(path: str, locus_ids: list[str], allele_coding: str = "
     """
     from cellformer.genotype.importers import read_genotype_table
 
-    data, report = read_genotype_table(path, None, allele_coding=allele_coding, reference_allele=reference_allele,
-                                       alleles=alleles, strict=True)
+    data, report = read_genotype_table(
+        path, None, allele_coding=allele_coding, reference_allele=reference_allele, alleles=alleles, strict=True
+    )
     if alleles is None and data.alleles and data.alleles["coding"] == "letters" and reference_allele is None:
-        raise UserError(f"{path}: the checkpoint does not record which letter was +1 in training; pass "
-                        "--reference-allele (the letter the training import read as +1)")
+        raise UserError(
+            f"{path}: the checkpoint does not record which letter was +1 in training; pass "
+            "--reference-allele (the letter the training import read as +1)"
+        )
     col = {m: i for i, m in enumerate(data.loci.ids)}
     missing = [m for m in locus_ids if m not in col]
     if missing:
         shown = ", ".join(missing[:10]) + (f", … ({len(missing)} in all)" if len(missing) > 10 else "")
-        raise UserError(f"{path}: {len(missing)} of the model's {len(locus_ids)} markers are missing from the "
-                        f"genotype table: {shown}")
+        raise UserError(
+            f"{path}: {len(missing)} of the model's {len(locus_ids)} markers are missing from the "
+            f"genotype table: {shown}"
+        )
     order = np.array([col[m] for m in locus_ids], dtype=np.int64)
     extra = len(data.loci.ids) - len(order)
     if extra:
@@ -189,17 +199,29 @@ EXPLAIN_FILES = ("top_loci.tsv", "attribution.png", "summary.json")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cellformer", description="Query a genotype-mode checkpoint.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for cmd, text in (("predict", "predict phenotypes of new genotypes"),
-                      ("explain", "per-locus attribution report (which loci drive each phenotype)")):
+    for cmd, text in (
+        ("predict", "predict phenotypes of new genotypes"),
+        ("explain", "per-locus attribution report (which loci drive each phenotype)"),
+    ):
         p = sub.add_parser(cmd, help=text, description=text)
         p.add_argument("--ckpt", required=True, help="checkpoint written by `cellformer fit` in genotype mode")
-        p.add_argument("--genotypes", required=True,
-                       help="samples × markers TSV/CSV (optionally .gz), as for `cellformer data import-genotypes`")
-        p.add_argument("--allele-coding", default="auto", choices=["auto", "01", "pm1", "letters"],
-                       help="coding of the calls (default: the checkpoint's)")
-        p.add_argument("--reference-allele", default=None,
-                       help="the allele read as +1 (default: the checkpoint's; needed for letters only when an "
-                            "older checkpoint does not record it)")
+        p.add_argument(
+            "--genotypes",
+            required=True,
+            help="samples × markers TSV/CSV (optionally .gz), as for `cellformer data import-genotypes`",
+        )
+        p.add_argument(
+            "--allele-coding",
+            default="auto",
+            choices=["auto", "01", "pm1", "letters"],
+            help="coding of the calls (default: the checkpoint's)",
+        )
+        p.add_argument(
+            "--reference-allele",
+            default=None,
+            help="the allele read as +1 (default: the checkpoint's; needed for letters only when an "
+            "older checkpoint does not record it)",
+        )
         if cmd == "predict":
             p.add_argument("--out", default="-", help="output TSV (default: stdout)")
         else:
@@ -241,8 +263,9 @@ def _query_main(argv: list[str]) -> int:
         check_output_dir("--out-dir", args.out_dir, EXPLAIN_FILES, inputs, force=args.force)
     model, context, meta = _load(args.ckpt)
     alleles = query_alleles(context.alleles, args.allele_coding, args.reference_allele)
-    x, samples, loci = read_query_genotypes(args.genotypes, context.locus_ids, args.allele_coding,
-                                            args.reference_allele, alleles)
+    x, samples, loci = read_query_genotypes(
+        args.genotypes, context.locus_ids, args.allele_coding, args.reference_allele, alleles
+    )
     if args.command == "predict":
         pred = predict_genotypes(model, context, x)
         lines = ["sample\t" + "\t".join(context.phenotype_names)]

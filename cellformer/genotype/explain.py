@@ -26,8 +26,9 @@ import torch
 from cellformer.genotype.models import GenotypeModel
 
 
-def locus_attribution(model: GenotypeModel, x: np.ndarray, y_std: np.ndarray,
-                      batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def locus_attribution(
+    model: GenotypeModel, x: np.ndarray, y_std: np.ndarray, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
     """``(importance (P, L), effect (P, L))`` in original phenotype units (see the module docstring)."""
     if hasattr(model, "gain_importance"):
         return _gain_attribution(model, x, y_std)
@@ -62,8 +63,16 @@ def _gain_attribution(model, x: np.ndarray, y_std: np.ndarray) -> tuple[np.ndarr
     return importance, effect
 
 
-def write_report(out_dir: str | Path, importance: np.ndarray, effect: np.ndarray, phenotype_names: list[str],
-                 locus_ids: list[str], loci=None, top: int = 20, model_name: str = "") -> dict:
+def write_report(
+    out_dir: str | Path,
+    importance: np.ndarray,
+    effect: np.ndarray,
+    phenotype_names: list[str],
+    locus_ids: list[str],
+    loci=None,
+    top: int = 20,
+    model_name: str = "",
+) -> dict:
     """Write ``top_loci.tsv`` (top loci per phenotype), ``attribution.png`` and ``summary.json``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -77,8 +86,10 @@ def write_report(out_dir: str | Path, importance: np.ndarray, effect: np.ndarray
         order = np.argsort(-importance[p], kind="stable")[: min(top, L)]
         summary["top"][name] = [locus_ids[i] for i in order]
         for r, i in enumerate(order, 1):
-            lines.append(f"{name}\t{r}\t{locus_ids[i]}\t{int(chrom[i])}\t{int(pos[i])}\t{gene[i]}\t"
-                         f"{importance[p, i]:.6g}\t{effect[p, i]:.6g}")
+            lines.append(
+                f"{name}\t{r}\t{locus_ids[i]}\t{int(chrom[i])}\t{int(pos[i])}\t{gene[i]}\t"
+                f"{importance[p, i]:.6g}\t{effect[p, i]:.6g}"
+            )
     (out / "top_loci.tsv").write_text("\n".join(lines) + "\n")
     _plot(out / "attribution.png", importance, phenotype_names, chrom)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -45,27 +45,57 @@ class GradientBoosting(GenotypeModel):
 
     closed_form = True
 
-    def __init__(self, n_loci: int, n_phenotypes: int, n_estimators: int = 2000, learning_rate: float = 0.05,
-                 num_leaves: int = 15, min_data_in_leaf: int = 10, feature_fraction: float = 0.5,
-                 bagging_fraction: float = 0.8, lambda_l2: float = 1.0, early_stopping_rounds: int = 50,
-                 holdout: float = 0.1, seed: int = 0, num_threads: int = 1):
+    def __init__(
+        self,
+        n_loci: int,
+        n_phenotypes: int,
+        n_estimators: int = 2000,
+        learning_rate: float = 0.05,
+        num_leaves: int = 15,
+        min_data_in_leaf: int = 10,
+        feature_fraction: float = 0.5,
+        bagging_fraction: float = 0.8,
+        lambda_l2: float = 1.0,
+        early_stopping_rounds: int = 50,
+        holdout: float = 0.1,
+        seed: int = 0,
+        num_threads: int = 1,
+    ):
         super().__init__(n_loci, n_phenotypes)
-        self.hparams_dict = {"n_estimators": n_estimators, "learning_rate": learning_rate, "num_leaves": num_leaves,
-                             "min_data_in_leaf": min_data_in_leaf, "feature_fraction": feature_fraction,
-                             "bagging_fraction": bagging_fraction, "lambda_l2": lambda_l2,
-                             "early_stopping_rounds": early_stopping_rounds, "holdout": holdout, "seed": seed,
-                             "num_threads": num_threads}
+        self.hparams_dict = {
+            "n_estimators": n_estimators,
+            "learning_rate": learning_rate,
+            "num_leaves": num_leaves,
+            "min_data_in_leaf": min_data_in_leaf,
+            "feature_fraction": feature_fraction,
+            "bagging_fraction": bagging_fraction,
+            "lambda_l2": lambda_l2,
+            "early_stopping_rounds": early_stopping_rounds,
+            "holdout": holdout,
+            "seed": seed,
+            "num_threads": num_threads,
+        }
         self.boosters: list = [None] * self.n_phenotypes
         self.best_iteration = [0] * self.n_phenotypes
 
     # ------------------------------------------------------------------ fitting
     def _params(self) -> dict:
         h = self.hparams_dict
-        return {"objective": "regression", "learning_rate": h["learning_rate"], "num_leaves": h["num_leaves"],
-                "min_data_in_leaf": h["min_data_in_leaf"], "feature_fraction": h["feature_fraction"],
-                "bagging_fraction": h["bagging_fraction"], "bagging_freq": 1 if h["bagging_fraction"] < 1 else 0,
-                "lambda_l2": h["lambda_l2"], "seed": h["seed"], "deterministic": True, "force_row_wise": True,
-                "num_threads": h["num_threads"], "verbosity": -1}
+        return {
+            "objective": "regression",
+            "learning_rate": h["learning_rate"],
+            "num_leaves": h["num_leaves"],
+            "min_data_in_leaf": h["min_data_in_leaf"],
+            "feature_fraction": h["feature_fraction"],
+            "bagging_fraction": h["bagging_fraction"],
+            "bagging_freq": 1 if h["bagging_fraction"] < 1 else 0,
+            "lambda_l2": h["lambda_l2"],
+            "seed": h["seed"],
+            "deterministic": True,
+            "force_row_wise": True,
+            "num_threads": h["num_threads"],
+            "verbosity": -1,
+        }
 
     def fit_closed_form(self, x, y, x_val=None, y_val=None) -> dict:
         lgb = _lightgbm()
@@ -92,9 +122,14 @@ class GradientBoosting(GenotypeModel):
                 xv, yv, xt, yt = xt[perm[:k]], yt[perm[:k]], xt[perm[k:]], yt[perm[k:]]
             train = lgb.Dataset(xt, yt, params={"verbosity": -1}, free_raw_data=True)
             valid = lgb.Dataset(xv, yv, reference=train)
-            booster = lgb.train({**self._params(), "metric": "l2"}, train, num_boost_round=h["n_estimators"],
-                                valid_sets=[valid], valid_names=["val"],
-                                callbacks=[lgb.early_stopping(h["early_stopping_rounds"], verbose=False)])
+            booster = lgb.train(
+                {**self._params(), "metric": "l2"},
+                train,
+                num_boost_round=h["n_estimators"],
+                valid_sets=[valid],
+                valid_names=["val"],
+                callbacks=[lgb.early_stopping(h["early_stopping_rounds"], verbose=False)],
+            )
             best = booster.best_iteration or booster.current_iteration()
             # keep only the trees up to the best round (the stored model is what predicts)
             self.boosters[p] = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
@@ -121,8 +156,10 @@ class GradientBoosting(GenotypeModel):
 
     # ------------------------------------------------------------------ checkpoint (text dumps, no pickle)
     def get_extra_state(self) -> dict:
-        return {"boosters": [b.model_to_string() if b is not None else "" for b in self.boosters],
-                "best_iteration": list(self.best_iteration)}
+        return {
+            "boosters": [b.model_to_string() if b is not None else "" for b in self.boosters],
+            "best_iteration": list(self.best_iteration),
+        }
 
     def set_extra_state(self, state: dict) -> None:
         lgb = _lightgbm()

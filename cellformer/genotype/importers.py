@@ -446,9 +446,7 @@ def read_genotype_table(
             rej.add(path, lineno, "empty_sample", "empty sample id", line)
             continue
         if sid in seen_ids:
-            rej.add(
-                path, lineno, "duplicate_sample", f"sample {shorten(sid)!r} already on line {seen_ids[sid]}", line
-            )
+            rej.add(path, lineno, "duplicate_sample", f"sample {shorten(sid)!r} already on line {seen_ids[sid]}", line)
             continue
         seen_ids[sid] = lineno
         calls = [c.upper() for c in f[1:]]

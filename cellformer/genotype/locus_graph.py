@@ -34,8 +34,9 @@ LD_KEYS = {"kind", "top_k", "min_r2", "measure", "rewire", "seed"}
 GENE_KEYS = {"kind", "graph", "genome", "same_gene", "rewire", "seed"}
 
 
-def ld_graph(genotypes: np.ndarray, name: str = "ld", top_k: int = 8, min_r2: float = 0.0,
-             measure: str = "r2", block: int = 1024) -> GeneGraph:
+def ld_graph(
+    genotypes: np.ndarray, name: str = "ld", top_k: int = 8, min_r2: float = 0.0, measure: str = "r2", block: int = 1024
+) -> GeneGraph:
     """Undirected LD graph over the columns of ``genotypes`` (n, L) in {-1, 0, +1} (0 = missing → mean).
 
     Each locus keeps its ``top_k`` partners by r² among those with ``r² ≥ min_r2`` (the union over both
@@ -74,8 +75,9 @@ def ld_graph(genotypes: np.ndarray, name: str = "ld", top_k: int = 8, min_r2: fl
     return GeneGraph.from_edges(name, L, np.concatenate(src), np.concatenate(dst), np.concatenate(wt))
 
 
-def gene_graph_loci(locus_genes: list[str], genome, graph: GeneGraph, name: str = "gene",
-                    same_gene: bool = True) -> tuple[GeneGraph, dict]:
+def gene_graph_loci(
+    locus_genes: list[str], genome, graph: GeneGraph, name: str = "gene", same_gene: bool = True
+) -> tuple[GeneGraph, dict]:
     """Carry a gene graph to loci through their nearest genes; returns the graph and a mapping report.
 
     ``A_loci = M A Mᵀ`` with ``M`` the (L × genes) nearest-gene incidence (plus ``M Mᵀ`` when
@@ -112,8 +114,13 @@ def build_locus_graph(name: str, spec: Mapping, data, train_rows: np.ndarray) ->
     kind = spec.get("kind", "ld")
     if kind == "ld":
         _check_keys(name, spec, LD_KEYS)
-        g = ld_graph(data.genotypes[train_rows], name=name, top_k=int(spec.get("top_k", 8)),
-                     min_r2=float(spec.get("min_r2", 0.0)), measure=str(spec.get("measure", "r2")))
+        g = ld_graph(
+            data.genotypes[train_rows],
+            name=name,
+            top_k=int(spec.get("top_k", 8)),
+            min_r2=float(spec.get("min_r2", 0.0)),
+            measure=str(spec.get("measure", "r2")),
+        )
     elif kind == "gene":
         _check_keys(name, spec, GENE_KEYS)
         from cellformer.genome import load_genome
@@ -123,8 +130,13 @@ def build_locus_graph(name: str, spec: Mapping, data, train_rows: np.ndarray) ->
             raise UserError(f"locus_graphs[{name!r}]: kind 'gene' needs 'graph' (a shipped graph name or name=path)")
         genome = load_genome(spec.get("genome", "yeast"))
         gene_graph = load_graphs([str(spec["graph"])], genome)
-        g, report = gene_graph_loci(data.loci.gene, genome, next(iter(gene_graph.values())), name=name,
-                                    same_gene=bool(spec.get("same_gene", True)))
+        g, report = gene_graph_loci(
+            data.loci.gene,
+            genome,
+            next(iter(gene_graph.values())),
+            name=name,
+            same_gene=bool(spec.get("same_gene", True)),
+        )
         if report["mapped"] == 0:
             raise UserError(
                 f"locus_graphs[{name!r}]: no locus has a nearest gene known to genome {spec.get('genome', 'yeast')!r} "
@@ -138,8 +150,9 @@ def build_locus_graph(name: str, spec: Mapping, data, train_rows: np.ndarray) ->
     return g
 
 
-def build_locus_graphs(specs: Mapping[str, Mapping] | None, data, train_rows: np.ndarray,
-                       blocks: np.ndarray | None = None) -> dict[str, GeneGraph]:
+def build_locus_graphs(
+    specs: Mapping[str, Mapping] | None, data, train_rows: np.ndarray, blocks: np.ndarray | None = None
+) -> dict[str, GeneGraph]:
     """All locus graphs of a ``locus_graphs`` option, by name.
 
     With ``blocks`` (a block index per locus, :mod:`cellformer.genotype.blocks`) the graphs are over the

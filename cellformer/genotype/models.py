@@ -208,8 +208,9 @@ class Ridge(LinearGenotypeModel):
         seed: fold assignment.
     """
 
-    def __init__(self, n_loci: int, n_phenotypes: int, lambdas: list[float] | None = None, cv_folds: int = 5,
-                 seed: int = 0):
+    def __init__(
+        self, n_loci: int, n_phenotypes: int, lambdas: list[float] | None = None, cv_folds: int = 5, seed: int = 0
+    ):
         super().__init__(n_loci, n_phenotypes)
         self.hparams_dict = {"lambdas": lambdas, "cv_folds": cv_folds, "seed": seed}
         self.lambdas, self.cv_folds, self.seed = lambdas, int(cv_folds), int(seed)
@@ -287,11 +288,28 @@ class Lasso(LinearGenotypeModel):
     formed when at most this many columns are kept (memory 8·kept² bytes), else products with ``X``.
     """
 
-    def __init__(self, n_loci: int, n_phenotypes: int, n_lambdas: int = 20, min_ratio: float = 1e-3,
-                 max_iter: int = 500, tol: float = 1e-6, cv_folds: int = 5, seed: int = 0, gram_limit: int = 5000):
+    def __init__(
+        self,
+        n_loci: int,
+        n_phenotypes: int,
+        n_lambdas: int = 20,
+        min_ratio: float = 1e-3,
+        max_iter: int = 500,
+        tol: float = 1e-6,
+        cv_folds: int = 5,
+        seed: int = 0,
+        gram_limit: int = 5000,
+    ):
         super().__init__(n_loci, n_phenotypes)
-        self.hparams_dict = {"n_lambdas": n_lambdas, "min_ratio": min_ratio, "max_iter": max_iter, "tol": tol,
-                             "cv_folds": cv_folds, "seed": seed, "gram_limit": gram_limit}
+        self.hparams_dict = {
+            "n_lambdas": n_lambdas,
+            "min_ratio": min_ratio,
+            "max_iter": max_iter,
+            "tol": tol,
+            "cv_folds": cv_folds,
+            "seed": seed,
+            "gram_limit": gram_limit,
+        }
         self.gram_limit = int(gram_limit)
         self.n_lambdas, self.min_ratio, self.max_iter, self.tol = int(n_lambdas), float(min_ratio), int(max_iter), tol
         self.cv_folds, self.seed = int(cv_folds), int(seed)
@@ -412,16 +430,31 @@ class MLP(GenotypeModel):
         bn_momentum: PyTorch BatchNorm momentum (0.2 = Keras-style momentum 0.8 as published).
     """
 
-    def __init__(self, n_loci: int, n_phenotypes: int, d_hidden: int = 4096, dropout: float = 0.0,
-                 negative_slope: float = 0.01, bn_momentum: float = 0.2):
+    def __init__(
+        self,
+        n_loci: int,
+        n_phenotypes: int,
+        d_hidden: int = 4096,
+        dropout: float = 0.0,
+        negative_slope: float = 0.01,
+        bn_momentum: float = 0.2,
+    ):
         super().__init__(n_loci, n_phenotypes)
-        self.hparams_dict = {"d_hidden": d_hidden, "dropout": dropout, "negative_slope": negative_slope,
-                             "bn_momentum": bn_momentum}
+        self.hparams_dict = {
+            "d_hidden": d_hidden,
+            "dropout": dropout,
+            "negative_slope": negative_slope,
+            "bn_momentum": bn_momentum,
+        }
         layers: list[nn.Module] = []
         width = n_loci
         for _ in range(2):
-            layers += [nn.Linear(width, d_hidden), nn.BatchNorm1d(d_hidden, momentum=bn_momentum),
-                       nn.LeakyReLU(negative_slope), nn.Dropout(dropout)]
+            layers += [
+                nn.Linear(width, d_hidden),
+                nn.BatchNorm1d(d_hidden, momentum=bn_momentum),
+                nn.LeakyReLU(negative_slope),
+                nn.Dropout(dropout),
+            ]
             width = d_hidden
         layers.append(nn.Linear(width, n_phenotypes))
         self.net = nn.Sequential(*layers)
@@ -476,13 +509,20 @@ class RijalAttention(GenotypeModel):
 
     uses_blocks = True
 
-    def __init__(self, n_loci: int, n_phenotypes: int, d_model: int = 12, n_layers: int = 3, seed: int = 0,
-                 phenotype_pass: str = "joint", blocks: np.ndarray | None = None):
+    def __init__(
+        self,
+        n_loci: int,
+        n_phenotypes: int,
+        d_model: int = 12,
+        n_layers: int = 3,
+        seed: int = 0,
+        phenotype_pass: str = "joint",
+        blocks: np.ndarray | None = None,
+    ):
         super().__init__(n_loci, n_phenotypes)
         if phenotype_pass not in {"joint", "separate"}:
             raise ValueError(f"phenotype_pass must be 'joint' or 'separate', got {phenotype_pass!r}")
-        self.hparams_dict = {"d_model": d_model, "n_layers": n_layers, "seed": seed,
-                             "phenotype_pass": phenotype_pass}
+        self.hparams_dict = {"d_model": d_model, "n_layers": n_layers, "seed": seed, "phenotype_pass": phenotype_pass}
         self.phenotype_pass = phenotype_pass
         gen = torch.Generator().manual_seed(seed)
         self.register_buffer("random_embedding", torch.randn(n_loci, d_model, generator=gen) / math.sqrt(d_model))
@@ -548,8 +588,9 @@ class CanonicalTransformer(GenotypeModel):
 
     uses_blocks = True
 
-    def __init__(self, n_loci: int, n_phenotypes: int, d_model: int = 128, n_layers: int = 3,
-                 blocks: np.ndarray | None = None):
+    def __init__(
+        self, n_loci: int, n_phenotypes: int, d_model: int = 128, n_layers: int = 3, blocks: np.ndarray | None = None
+    ):
         super().__init__(n_loci, n_phenotypes)
         self.hparams_dict = {"d_model": d_model, "n_layers": n_layers}
         self.tokens = SignEmbedding(n_loci, d_model, blocks)
@@ -570,14 +611,29 @@ class VanillaTransformer(GenotypeModel):
 
     uses_blocks = True
 
-    def __init__(self, n_loci: int, n_phenotypes: int, d_model: int = 256, n_layers: int = 3, n_heads: int = 4,
-                 d_ff: int = 1024, dropout: float = 0.1, blocks: np.ndarray | None = None):
+    def __init__(
+        self,
+        n_loci: int,
+        n_phenotypes: int,
+        d_model: int = 256,
+        n_layers: int = 3,
+        n_heads: int = 4,
+        d_ff: int = 1024,
+        dropout: float = 0.1,
+        blocks: np.ndarray | None = None,
+    ):
         super().__init__(n_loci, n_phenotypes)
-        self.hparams_dict = {"d_model": d_model, "n_layers": n_layers, "n_heads": n_heads, "d_ff": d_ff,
-                             "dropout": dropout}
+        self.hparams_dict = {
+            "d_model": d_model,
+            "n_layers": n_layers,
+            "n_heads": n_heads,
+            "d_ff": d_ff,
+            "dropout": dropout,
+        }
         self.tokens = SignEmbedding(n_loci, d_model, blocks)
-        layer = nn.TransformerEncoderLayer(d_model, n_heads, d_ff, dropout, activation="relu", batch_first=True,
-                                           norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d_model, n_heads, d_ff, dropout, activation="relu", batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, n_phenotypes)
@@ -595,11 +651,25 @@ class FarielloTransformer(GenotypeModel):
 
     uses_blocks = True
 
-    def __init__(self, n_loci: int, n_phenotypes: int, d_model: int = 64, n_layers: int = 2, n_heads: int = 4,
-                 d_ff: int = 256, dropout: float = 0.1, blocks: np.ndarray | None = None):
+    def __init__(
+        self,
+        n_loci: int,
+        n_phenotypes: int,
+        d_model: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        d_ff: int = 256,
+        dropout: float = 0.1,
+        blocks: np.ndarray | None = None,
+    ):
         super().__init__(n_loci, n_phenotypes)
-        self.hparams_dict = {"d_model": d_model, "n_layers": n_layers, "n_heads": n_heads, "d_ff": d_ff,
-                             "dropout": dropout}
+        self.hparams_dict = {
+            "d_model": d_model,
+            "n_layers": n_layers,
+            "n_heads": n_heads,
+            "d_ff": d_ff,
+            "dropout": dropout,
+        }
         self.embed_weight = nn.Parameter(torch.empty(n_loci, d_model))
         self.embed_bias = nn.Parameter(torch.zeros(n_loci, d_model))
         nn.init.xavier_uniform_(self.embed_weight)
@@ -641,19 +711,36 @@ class LocusCellFormer(GenotypeModel):
 
     uses_blocks = True
 
-    def __init__(self, n_loci: int, n_phenotypes: int, graphs: Mapping[str, GeneGraph] | None = None,
-                 d_model: int = 64, n_layers: int = 2, n_heads: int = 4, d_ff: int | None = None,
-                 dropout: float = 0.0, token: str = "sign", graph_reg: dict[str, dict] | None = None,
-                 graph_samples: int = 8, blocks: np.ndarray | None = None):
+    def __init__(
+        self,
+        n_loci: int,
+        n_phenotypes: int,
+        graphs: Mapping[str, GeneGraph] | None = None,
+        d_model: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        d_ff: int | None = None,
+        dropout: float = 0.0,
+        token: str = "sign",
+        graph_reg: dict[str, dict] | None = None,
+        graph_samples: int = 8,
+        blocks: np.ndarray | None = None,
+    ):
         super().__init__(n_loci, n_phenotypes)
         if token not in {"sign", "allele"}:
             raise ValueError(f"token must be 'sign' or 'allele', got {token!r}")
         graphs = dict(graphs or {})
         self.graph_reg: dict[str, GraphRegConfig] = parse_graph_reg(graph_reg, list(graphs), n_layers, n_heads)
-        self.hparams_dict = {"d_model": d_model, "n_layers": n_layers, "n_heads": n_heads, "d_ff": d_ff,
-                             "dropout": dropout, "token": token,
-                             "graph_reg": {k: c.to_dict() for k, c in self.graph_reg.items()},
-                             "graph_samples": graph_samples}
+        self.hparams_dict = {
+            "d_model": d_model,
+            "n_layers": n_layers,
+            "n_heads": n_heads,
+            "d_ff": d_ff,
+            "dropout": dropout,
+            "token": token,
+            "graph_reg": {k: c.to_dict() for k, c in self.graph_reg.items()},
+            "graph_samples": graph_samples,
+        }
         self.token, self.graph_samples = token, int(graph_samples)
         self.locus_embed = nn.Embedding(n_loci, d_model)
         self.tokens = BlockTokens(n_loci, blocks)
@@ -694,8 +781,9 @@ class LocusCellFormer(GenotypeModel):
         losses = {f"graph/{name}": self.graph_loss(name, inputs) for name in self.graph_reg}
         return self.head(h[:, 0]), losses
 
-    def graph_loss(self, name: str, layer_inputs: list[torch.Tensor], rows: torch.Tensor | None = None,
-                   samples: int | None = None) -> torch.Tensor:
+    def graph_loss(
+        self, name: str, layer_inputs: list[torch.Tensor], rows: torch.Tensor | None = None, samples: int | None = None
+    ) -> torch.Tensor:
         """``λ · mean_{samples} mean_{rows} KL(Ã_i ‖ α_i)`` of graph ``name`` over the first ``graph_samples``
         sequences of a pass (:class:`~cellformer.models.graph_reg.GraphRegularizer`)."""
         first = [x[: samples or self.graph_samples] for x in layer_inputs]
@@ -717,9 +805,14 @@ MODELS: dict[str, type[GenotypeModel]] = {
 from cellformer.genotype import gbm as _gbm  # noqa: E402, F401  (registers "gbm"; imports GenotypeModel)
 
 
-def build_genotype_model(name: str, n_loci: int, n_phenotypes: int,
-                         graphs: Mapping[str, GeneGraph] | None = None, blocks: np.ndarray | None = None,
-                         **hparams) -> GenotypeModel:
+def build_genotype_model(
+    name: str,
+    n_loci: int,
+    n_phenotypes: int,
+    graphs: Mapping[str, GeneGraph] | None = None,
+    blocks: np.ndarray | None = None,
+    **hparams,
+) -> GenotypeModel:
     """Instantiate registered model ``name``; ``graphs`` (locus graphs) go to models that take them and
     ``blocks`` (a block index per marker) to the models whose tokens can be blocks."""
     from cellformer.errors import unknown_name_error

@@ -400,16 +400,32 @@ def simulate_genotypes(
 BLOOM_2013_SHAPE = (1008, 11623)
 
 
-def bloom_like_cross(seed: int = 0, n_samples: int = BLOOM_2013_SHAPE[0], n_markers: int = BLOOM_2013_SHAPE[1],
-                     n_traits: int = 2, n_qtl: int = 16, additive_share: float | Sequence[float] = 0.6,
-                     h2: float | Sequence[float] = 0.85, pleiotropy: float = 0.8) -> GenotypeData:
+def bloom_like_cross(
+    seed: int = 0,
+    n_samples: int = BLOOM_2013_SHAPE[0],
+    n_markers: int = BLOOM_2013_SHAPE[1],
+    n_traits: int = 2,
+    n_qtl: int = 16,
+    additive_share: float | Sequence[float] = 0.6,
+    h2: float | Sequence[float] = 0.85,
+    pleiotropy: float = 0.8,
+) -> GenotypeData:
     """A simulated cross shaped like Bloom et al. (2013): 1,008 F1 segregants, 11,623 markers along the 16
     yeast chromosomes (about 2.6 markers per cM, so neighbouring markers form linkage blocks), few
     large-effect QTL shared by correlated traits (``pleiotropy``) and epistatic pairs among them (a random
     disjoint pairing of the QTL, ``1 - additive_share`` of the genetic variance). Traits ``trait_0`` and
     ``trait_1`` play the part of the lactate and lactose growth traits of the published comparisons."""
-    return simulate_genotypes(n_samples, n_markers, n_traits=n_traits, n_qtl=n_qtl, additive_share=additive_share,
-                              h2=h2, pleiotropy=pleiotropy, linked=True, seed=seed)
+    return simulate_genotypes(
+        n_samples,
+        n_markers,
+        n_traits=n_traits,
+        n_qtl=n_qtl,
+        additive_share=additive_share,
+        h2=h2,
+        pleiotropy=pleiotropy,
+        linked=True,
+        seed=seed,
+    )
 
 
 __all__ = [

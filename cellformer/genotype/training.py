@@ -94,9 +94,15 @@ class GenotypeContext:
             adj = sp.csr_matrix((d["data"].numpy(), d["indices"].numpy(), d["indptr"].numpy()), shape=(n, n))
             graphs[name] = GeneGraph(name, adj, d["directed"])
         blocks = meta.get("blocks")  # absent from checkpoints written before linkage blocks existed
-        return cls(list(meta["locus_ids"]), list(meta["phenotype_names"]), meta["y_mean"].numpy(),
-                   meta["y_std"].numpy(), graphs, None if blocks is None else blocks.numpy(),
-                   dict(meta.get("alleles") or {}))
+        return cls(
+            list(meta["locus_ids"]),
+            list(meta["phenotype_names"]),
+            meta["y_mean"].numpy(),
+            meta["y_std"].numpy(),
+            graphs,
+            None if blocks is None else blocks.numpy(),
+            dict(meta.get("alleles") or {}),
+        )
 
 
 def standardisation(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -186,8 +192,15 @@ class GenotypeDataModule(SplitDataModule):
         if spec is not None:
             block_index = ld_blocks(data.genotypes[train], data.loci.chrom, spec["r2"], spec["max_tokens"])
         graphs = build_locus_graphs(locus_graphs, data, train, blocks=block_index)
-        self.context = GenotypeContext(list(data.loci.ids), list(data.phenotype_names), mean, std, graphs,
-                                       block_index, getattr(data, "alleles", None) or {})
+        self.context = GenotypeContext(
+            list(data.loci.ids),
+            list(data.phenotype_names),
+            mean,
+            std,
+            graphs,
+            block_index,
+            getattr(data, "alleles", None) or {},
+        )
         self.x = torch.from_numpy(np.ascontiguousarray(data.genotypes))  # int8, converted per batch
         self.y = torch.from_numpy(self.context.standardise(data.phenotypes))
 
@@ -254,8 +267,12 @@ class GenotypeModule(RegressionModule):
             raise UserError("GenotypeModule needs the data context (linked from the data module by the CLI)")
         self.context: GenotypeContext = context
         self.model: GenotypeModel = build_genotype_model(
-            model, len(context.locus_ids), len(context.phenotype_names), graphs=context.graphs,
-            blocks=context.blocks, **(model_args or {})
+            model,
+            len(context.locus_ids),
+            len(context.phenotype_names),
+            graphs=context.graphs,
+            blocks=context.blocks,
+            **(model_args or {}),
         )
         self.automatic_optimization = not self.model.closed_form
         self.closed_form_info: dict = {}
@@ -288,8 +305,15 @@ class GenotypeModule(RegressionModule):
             pred, aux = self.model.forward_with_losses(x)
         else:
             pred, aux = self.model(x), {}
-        return BatchOutputs(pred, y, rows, self.context.destandardise_tensor(pred.detach()),
-                            self.context.destandardise_tensor(y), aux, len(x))
+        return BatchOutputs(
+            pred,
+            y,
+            rows,
+            self.context.destandardise_tensor(pred.detach()),
+            self.context.destandardise_tensor(y),
+            aux,
+            len(x),
+        )
 
     def training_step(self, batch, batch_idx: int):
         if self.model.closed_form:
@@ -330,8 +354,10 @@ class KeepBest(L.Callback):
             return
         if float(value) < self.best:
             self.best = float(value)
-            self.state = {k: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v)
-                          for k, v in pl_module.state_dict().items()}
+            self.state = {
+                k: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v)
+                for k, v in pl_module.state_dict().items()
+            }
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.state is not None:
@@ -351,16 +377,25 @@ class ValidationCurve(L.Callback):
             return
         m = trainer.callback_metrics
         loss, r2 = m.get("val_loss"), m.get("val/mean_r2")
-        self.curve.append({"step": int(trainer.global_step), "val_loss": float(loss) if loss is not None else math.nan,
-                           "val_r2": float(r2) if r2 is not None else math.nan})
+        self.curve.append(
+            {
+                "step": int(trainer.global_step),
+                "val_loss": float(loss) if loss is not None else math.nan,
+                "val_r2": float(r2) if r2 is not None else math.nan,
+            }
+        )
 
     def summary(self) -> dict:
         """``{validations, best_step, best_val_loss, best_val_r2}`` (NaN / -1 when nothing was validated)."""
         if not self.curve:
             return {"validations": 0, "best_step": -1, "best_val_loss": math.nan, "best_val_r2": math.nan}
         best = min(self.curve, key=lambda c: c["val_loss"] if not math.isnan(c["val_loss"]) else math.inf)
-        return {"validations": len(self.curve), "best_step": best["step"], "best_val_loss": best["val_loss"],
-                "best_val_r2": best["val_r2"]}
+        return {
+            "validations": len(self.curve),
+            "best_step": best["step"],
+            "best_val_loss": best["val_loss"],
+            "best_val_r2": best["val_r2"],
+        }
 
 
 # ---------------------------------------------------------------------- loading
@@ -376,19 +411,27 @@ def load_genotype_checkpoint(
     if meta is None:
         raise UserError(f"{path} is not a genotype-mode checkpoint (no {CHECKPOINT_KEY!r} section)")
     if meta["version"] != CHECKPOINT_VERSION:
-        raise UserError(f"{path}: genotype checkpoint version {meta['version']}; this cellformer reads "
-                        f"{CHECKPOINT_VERSION}")
+        raise UserError(
+            f"{path}: genotype checkpoint version {meta['version']}; this cellformer reads {CHECKPOINT_VERSION}"
+        )
     context = GenotypeContext.from_checkpoint(meta)
-    model = build_genotype_model(meta["model"], len(context.locus_ids), len(context.phenotype_names),
-                                 graphs=context.graphs, blocks=context.blocks, **meta["model_hparams"])
+    model = build_genotype_model(
+        meta["model"],
+        len(context.locus_ids),
+        len(context.phenotype_names),
+        graphs=context.graphs,
+        blocks=context.blocks,
+        **meta["model_hparams"],
+    )
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
     return model.eval(), context, meta
 
 
 @torch.no_grad()
-def predict_genotypes(model: GenotypeModel, context: GenotypeContext, x: np.ndarray,
-                      batch_size: int = 256) -> np.ndarray:
+def predict_genotypes(
+    model: GenotypeModel, context: GenotypeContext, x: np.ndarray, batch_size: int = 256
+) -> np.ndarray:
     """Phenotypes (n, P) in original units for genotypes ``x`` (n, L) in the checkpoint's locus order."""
     model.eval()
     out = []

@@ -37,7 +37,7 @@ from cellformer.genome.genome import Genome
 from cellformer.graphs.graph import GraphSet
 from cellformer.models import diagnostics
 from cellformer.models.base import ModelOutput, PhenotypeModel, check_fields
-from cellformer.models.graph_reg import GraphRegularizer, GraphRows, head_log_attention, parse_graph_reg
+from cellformer.models.graph_reg import GraphRegularizer, head_log_attention, parse_graph_reg
 from cellformer.models.head import POOLS, EncoderOutput, PerturbationHead
 from cellformer.models.layers import Block
 from cellformer.models.record_features import RecordFeatures
@@ -359,18 +359,6 @@ class CellFormer(PhenotypeModel):
         """Each block's self-attention (what the graph terms read)."""
         return [block.attn for block in self.blocks]
 
-    def graph_tensors(self, name: str) -> GraphRows:
-        """CSR ``Ã`` and valid rows of graph ``name`` (:meth:`GraphRegularizer.rows_of`)."""
-        return self.regularizer.rows_of(name)
-
-    def valid_rows(self, name: str) -> torch.Tensor:
-        """Rows of graph ``name`` that may enter the regulariser (an edge, not an added gene)."""
-        return self.regularizer.rows_of(name).valid
-
-    def sample_graph_rows(self, name: str, n: int | None = None) -> torch.Tensor:
-        """Rows drawn uniformly without replacement (the model's generator); ``n`` defaults to the configured rows."""
-        return self.regularizer.sample(name, n)
-
     def _wild_type(self, enc: EncoderOutput | None) -> EncoderOutput:
         enc = self.encode_genome() if enc is None else enc
         if not enc.wild_type:
@@ -406,4 +394,3 @@ class CellFormer(PhenotypeModel):
     def monitor(self, rows: int = 256) -> dict[str, float]:
         """Health signals logged at validation (:func:`cellformer.models.diagnostics.monitor`)."""
         return diagnostics.monitor(self, rows)
-

@@ -39,7 +39,7 @@ def attention_alignment(
     ``rows``: None = all valid rows, an int = that many sampled, a tensor = those genes. Chance level is
     about mean degree / N; 1 means a head attends only to neighbours.
     """
-    g = model.graph_tensors(graph_name)
+    g = model.regularizer.rows_of(graph_name)
     rows = g.valid if rows is None else model.regularizer.resolve(graph_name, rows)
     if rows.numel() == 0:
         return torch.zeros((), device=g.valid.device)

@@ -195,13 +195,13 @@ def alignment_report(predictor: Any, out_dir: Path, rows: int | None = 1024, see
     records = []
     values = np.full((model.n_layers * model.n_heads, len(graph_names)), np.nan)
     for gi, name in enumerate(graph_names):
-        valid = model.valid_rows(name)
+        valid = model.regularizer.rows_of(name).valid
         if rows is not None and valid.numel() > rows:
             pick = torch.randperm(valid.numel(), generator=gen)[:rows].sort().values
             r = valid[pick.to(valid.device)]
         else:
             r = valid
-        gt = model.graph_tensors(name)
+        gt = model.regularizer.rows_of(name)
         deg = (gt.crow[r + 1] - gt.crow[r]).float()
         chance = float(deg.mean() / n) if r.numel() else float("nan")
         for layer in range(model.n_layers):

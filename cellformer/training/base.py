@@ -77,8 +77,9 @@ class RegressionModule(L.LightningModule):
     def phenotype_names(self) -> list[str]:
         return list(self.context.phenotype_names)
 
-    def phenotype_loss(self, pred_std: torch.Tensor, y_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                    torch.Tensor]:
+    def phenotype_loss(
+        self, pred_std: torch.Tensor, y_std: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(loss, mse (P,), count (P,))``: the NaN-masked MSE in standardised units, reduced by :meth:`reduce_mse`."""
         mse, count = masked_mse(pred_std.float(), y_std)
         return self.reduce_mse(mse, count), mse, count
@@ -99,8 +100,15 @@ class RegressionModule(L.LightningModule):
             log[f"{stage}/{name}"] = v
         sync = stage != "train"
         self.log_dict(log, batch_size=bs, on_step=stage == "train", on_epoch=True, prog_bar=False, sync_dist=sync)
-        self.log(f"{stage}_loss", pheno_loss, batch_size=bs, prog_bar=True, on_step=stage == "train", on_epoch=True,
-                 sync_dist=sync)
+        self.log(
+            f"{stage}_loss",
+            pheno_loss,
+            batch_size=bs,
+            prog_bar=True,
+            on_step=stage == "train",
+            on_epoch=True,
+            sync_dist=sync,
+        )
         return total, out
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
@@ -187,9 +195,15 @@ class SplitDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         hp = self.hparams
-        return DataLoader(self.dataset(split), batch_size=hp.batch_size, shuffle=shuffle, num_workers=hp.num_workers,
-                          collate_fn=self.collate, persistent_workers=hp.num_workers > 0,
-                          drop_last=self.drop_last(split, shuffle))
+        return DataLoader(
+            self.dataset(split),
+            batch_size=hp.batch_size,
+            shuffle=shuffle,
+            num_workers=hp.num_workers,
+            collate_fn=self.collate,
+            persistent_workers=hp.num_workers > 0,
+            drop_last=self.drop_last(split, shuffle),
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -343,7 +343,6 @@ class ContextCLI(SafeLightningCLI):
         parser.link_arguments("data", self.context_target, compute_fn=lambda dm: dm.context, apply_on="instantiate")
         parser.add_argument("--test_after_fit", type=bool, default=True, help="run `test` after `fit`")
 
-
     def after_fit(self) -> None:
         cfg = self.config.get(self.subcommand, self.config)
         if not cfg.get("test_after_fit", True) or self.trainer.fast_dev_run:

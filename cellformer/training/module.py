@@ -97,8 +97,9 @@ class PhenotypeModule(RegressionModule):
     def batch_outputs(self, batch: PerturbationBatch, stage: str) -> BatchOutputs:
         out = self.model(batch)
         std = self.model.standardise
-        return BatchOutputs(std(out.pred.float()), std(batch.y), batch.index, out.pred, batch.y, dict(out.losses),
-                            batch.num_samples)
+        return BatchOutputs(
+            std(out.pred.float()), std(batch.y), batch.index, out.pred, batch.y, dict(out.losses), batch.num_samples
+        )
 
     def predict_step(self, batch: PerturbationBatch, batch_idx: int) -> torch.Tensor:
         return self.model(batch).pred
@@ -152,4 +153,3 @@ class PhenotypeModule(RegressionModule):
             )
         if meta["model"] != self.hparams.model:
             raise UserError(f"the checkpoint holds model {meta['model']!r}, the config builds {self.hparams.model!r}")
-

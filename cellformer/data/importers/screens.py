@@ -135,6 +135,7 @@ PHENOTYPE_DOCS: dict[str, str] = {
     "trigenic τ < -0.08, p < 0.05), 0.0 if not, NaN if unscored",
 }
 
+
 class ImportFormatError(UserError):
     """A file that does not have the expected layout; the message names ``file:line`` and the problem."""
 

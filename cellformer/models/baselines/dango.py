@@ -190,11 +190,23 @@ class Dango(PhenotypeModel):
     ):
         super().__init__()
         if legacy.pop("recon_edges", None) is not None:
-            warnings.warn("dango: 'recon_edges' is gone; reconstruction samples 'recon_rows' adjacency rows",
-                          DeprecationWarning, stacklevel=2)
-        given = {"d_model": d_model, "n_layers": n_layers, "n_heads": n_heads, "dropout": dropout,
-                 "graph_names": graph_names, "pretrain_steps": pretrain_steps, "pretrain_lr": pretrain_lr,
-                 "recon_rows": recon_rows, "recon_weight": recon_weight, "recon_zero_weight": recon_zero_weight}
+            warnings.warn(
+                "dango: 'recon_edges' is gone; reconstruction samples 'recon_rows' adjacency rows",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        given = {
+            "d_model": d_model,
+            "n_layers": n_layers,
+            "n_heads": n_heads,
+            "dropout": dropout,
+            "graph_names": graph_names,
+            "pretrain_steps": pretrain_steps,
+            "pretrain_lr": pretrain_lr,
+            "recon_rows": recon_rows,
+            "recon_weight": recon_weight,
+            "recon_zero_weight": recon_zero_weight,
+        }
         hp = resolve_hparams("dango", given, legacy)
         if len(graphs) == 0:
             raise UserError("dango needs at least one graph (its STRING channels)")
@@ -328,4 +340,3 @@ class Dango(PhenotypeModel):
             "edges_per_sample": torch.tensor(0.0),
         }
         return ModelOutput(pred=self.unscale(pred), losses=losses, extras=extras)
-

@@ -47,8 +47,9 @@ def resolve_hparams(model: str, given: dict, legacy: dict) -> dict:
         new = LEGACY_HPARAMS.get(old)
         if new is None or new not in given:
             choices = [*given, *(k for k, v in LEGACY_HPARAMS.items() if v in given)]
-            raise UserError(f"{model}: unknown hyper-parameter {old!r}; known: {', '.join(given)}"
-                            f"{did_you_mean(old, choices)}")
+            raise UserError(
+                f"{model}: unknown hyper-parameter {old!r}; known: {', '.join(given)}{did_you_mean(old, choices)}"
+            )
         warnings.warn(f"{model}: hyper-parameter {old!r} is now called {new!r}", DeprecationWarning, stacklevel=3)
         out[new] = value
     return out
@@ -182,8 +183,13 @@ class GraphEncoder(nn.Module):
         act_last: also apply it after the last layer.
     """
 
-    def __init__(self, d_model: int, n_layers: int = 2, act: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 act_last: bool = False):
+    def __init__(
+        self,
+        d_model: int,
+        n_layers: int = 2,
+        act: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        act_last: bool = False,
+    ):
         super().__init__()
         self.convs = nn.ModuleList([MeanGraphConv(d_model, d_model, aggr="add") for _ in range(n_layers)])
         self.act = act if act is not None else nn.ReLU()

@@ -165,4 +165,3 @@ class GraphSmoothing(PhenotypeModel):
         stats = {f"fallback/{k}": v for k, v in self.fallback_stats().items() if not math.isnan(v)}
         self.reset_fallback_stats()
         return stats
-
