@@ -146,5 +146,7 @@ def test_real_screen_arm_and_heterologous_test(evidence) -> None:
     cds = {g: CDS[:-3] * (1 + i % 3) + "TAA" for i, g in enumerate(problem.genome.genes)}  # genes differ
     het = evidence.heterologous_test(out["model"], problem, split, "cpu", cds)
     assert het["n_genes"] == len(split["heldout_genes"])
-    assert set(het) == {"n_genes", "cds", "unknown_vector"}
-    assert het["cds"]["pearson"] != het["unknown_vector"]["pearson"]
+    assert set(het) == {"n_genes", "n_pairs", "cds", "unknown_vector"}
+    assert het["n_pairs"] > 0 and set(het["cds"]) == {"fitness", "epsilon"}
+    assert het["cds"]["fitness"]["pearson"] != het["unknown_vector"]["fitness"]["pearson"]
+    assert het["cds"]["epsilon"]["n"] == het["n_pairs"]
