@@ -724,7 +724,9 @@ def markdown(report: dict) -> str:
         f"{cfg['baseline_steps']} steps (gradient ones), each run tuned over its grid "
         f"`{json.dumps(GRIDS)}` on validation. Checkpoint selection: best mean validation Pearson every "
         f"{cfg['eval_every']} steps. Seeds {report['seeds']}. Device {cfg['device']}, wall time "
-        f"{report['wall_s'] / 60:.1f} min. Command: `{report['command']}`.", "",
+        f"{report['wall_s'] / 60:.1f} min"
+        f"{' (summed over the per-seed processes, run in parallel)' if report.get('merged_from') else ''}. "
+        f"Command: `{report['command']}`.", "",
         "## Targets", "", "| target | CellFormer | reference | status |", "|---|---:|---:|---|",
     ]  # fmt: skip
     for t in report["targets"]:
@@ -854,6 +856,38 @@ def render(report: dict, out: Path) -> None:
     plot(report, stem.with_suffix(".png"))
 
 
+def merge_reports(paths: list[Path], tag: str | None, out: Path, force: bool = False) -> dict:
+    """One record from records that differ only in their seeds (the same screen, mode, problem, settings, arms
+    and training config): the runs are pooled, summary and targets recomputed; wall time is the sum."""
+    if not tag:
+        raise SystemExit("--merge needs --tag (the name of the combined record)")
+    if (out / f"evidence_{tag}.json").exists() and not force:
+        raise SystemExit(f"{out}/evidence_{tag}.json exists (a cited record?): pass --tag NEW or --force")
+    raw = [json.loads(p.read_text()) for p in paths]  # compared as stored (null, not NaN, compares equal)
+    same = ("screen", "mode", "problem", "settings", "arms", "config", "phenotypes")
+    for p, r in zip(paths[1:], raw[1:], strict=True):
+        for key in same:
+            if r[key] != raw[0][key]:
+                raise SystemExit(f"{p}: its {key!r} differs from {paths[0]}'s; only seeds may differ")
+    parts = [_nan(r) for r in raw]
+    seeds = [s for r in parts for s in r["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--merge: seeds {seeds} repeat across the records")
+    report = dict(parts[0])
+    report.update(
+        tag=tag,
+        seeds=sorted(seeds),
+        runs=[run for r in parts for run in r["runs"]],
+        wall_s=sum(r["wall_s"] for r in parts),
+        command=" ; ".join(r["command"] for r in parts),
+        merged_from=[str(p) for p in paths],
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    render(report, out)
+    print((out / f"evidence_{tag}.md").read_text())
+    return report
+
+
 # ---------------------------------------------------------------------- main
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -896,6 +930,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--force", action="store_true", help="overwrite an existing evidence_<tag> record")
     p.add_argument("--from-json", default=None, help="re-render a saved evidence JSON without training")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="combine records of the same screen, settings and arms run with different --seeds (e.g. "
+                        "one process per seed) into evidence_<tag> (--tag required); nothing is trained")  # fmt: skip
     args = p.parse_args(argv)
     for k, v in MODE_DEFAULTS[args.screen, args.mode].items():
         if getattr(args, k) is None:
@@ -918,6 +955,8 @@ def parse_model_args(items: list[str]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.merge:
+        return merge_reports([Path(f) for f in args.merge], args.tag, Path(args.out_dir), args.force)
     if args.from_json:
         path = Path(args.from_json)
         report = _nan(json.loads(path.read_text()))

@@ -74,6 +74,24 @@ def test_sim_toy_run_writes_outputs_and_never_overwrites(evidence, tmp_path: Pat
     md.unlink()
     again = evidence.main(["--from-json", str(js)])  # re-rendered from the JSON alone, same targets
     assert md.exists() and [t["status"] for t in again["targets"]] == [t["status"] for t in report["targets"]]
+    # per-seed records pool into one: a second "seed" (the same runs relabelled) doubles every summary list
+    other = json.loads(js.read_text())
+    other["seeds"], other["tag"] = [1], "toy_s1"
+    for r in other["runs"]:
+        r["seed"] = 1
+    js1 = tmp_path / "evidence_toy_s1.json"
+    js1.write_text(json.dumps(other))
+    merged = evidence.main(["--merge", str(js), str(js1), "--tag", "toy_all", "--out-dir", str(tmp_path)])
+    assert merged["seeds"] == [0, 1] and len(merged["runs"]) == 2 * len(runs)
+    entry = merged["summary"]["gene_holdout/cellformer"]["epsilon"]["pearson"]
+    assert len(entry) == 2 and entry[0] == entry[1]
+    assert (tmp_path / "evidence_toy_all.md").exists()
+    with pytest.raises(SystemExit, match="seeds"):  # the same seed twice
+        evidence.main(["--merge", str(js), str(js), "--tag", "toy_dup", "--out-dir", str(tmp_path)])
+    other["arms"] = ["cellformer"]
+    js1.write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="arms"):  # only the seeds may differ
+        evidence.main(["--merge", str(js), str(js1), "--tag", "toy_bad", "--out-dir", str(tmp_path)])
 
 
 def test_ablations_change_what_they_say(evidence) -> None:
