@@ -581,18 +581,19 @@ STATS = ("pearson", "spearman", "aupr_neg", "auroc_neg", "aupr_pos", "auroc_pos"
 
 def _value(r: dict, key: str, stat: str) -> float:
     """A run's test statistic; an undefined one (a constant prediction) counts as no skill: Pearson, Spearman,
-    R² 0 and the rank metrics at their chance level (AUROC 0.5, AUPR the share of positives)."""
+    R² 0 and the rank metrics at their chance level (AUROC 0.5, AUPR the share of positives); a rank metric
+    with no positive of its kind in the test set stays undefined (NaN, shown n/a)."""
     m = r["test"].get(key)
     v = None if m is None else m.get(stat)
     if v is not None and not (isinstance(v, float) and math.isnan(v)):
         return float(v)
     if m is None or stat not in m and not stat.startswith(("pearson", "spearman", "r2")):
         return float("nan")
-    if stat.startswith("auroc"):
-        return 0.5
-    if stat.startswith("aupr"):
+    if stat.startswith(("auroc", "aupr")):
         side = stat.split("_")[1]
-        return float(m.get(f"n_{side}", 0) / max(m.get("n", 1), 1))
+        if not m.get(f"n_{side}", 0):  # no strong interaction of that sign in the test set: undefined
+            return float("nan")
+        return 0.5 if stat.startswith("auroc") else float(m[f"n_{side}"] / max(m.get("n", 1), 1))
     return 0.0
 
 
