@@ -587,14 +587,20 @@ def _value(r: dict, key: str, stat: str) -> float:
     v = None if m is None else m.get(stat)
     if v is not None and not (isinstance(v, float) and math.isnan(v)):
         return float(v)
-    if m is None or stat not in m and not stat.startswith(("pearson", "spearman", "r2")):
-        return float("nan")
+    if m is None or not m.get("n", 1) or stat not in m and not stat.startswith(("pearson", "spearman", "r2")):
+        return float("nan")  # absent, or not measured in this test set
     if stat.startswith(("auroc", "aupr")):
         side = stat.split("_")[1]
         if not m.get(f"n_{side}", 0):  # no strong interaction of that sign in the test set: undefined
             return float("nan")
         return 0.5 if stat.startswith("auroc") else float(m[f"n_{side}"] / max(m.get("n", 1), 1))
     return 0.0
+
+
+def _skill(v: float | None) -> float:
+    """A Pearson of predictions that are constant (undefined: the genes given only the unknown-gene vector are
+    identical tokens) counts as no skill, 0."""
+    return 0.0 if v is None or math.isnan(v) else float(v)
 
 
 def summarise(runs: list[dict], settings: list[str], arms: list[str], keys: list[str]) -> dict:
@@ -614,10 +620,12 @@ def summarise(runs: list[dict], settings: list[str], arms: list[str], keys: list
                 entry["align"] = [r["alignment"]["trained"] for r in rs]
                 entry["align_other"] = [r["alignment"]["other_heads"] for r in rs]
                 entry["align_chance"] = rs[0]["alignment"]["chance"]
-            het = [r["heterologous"] for r in rs if r.get("heterologous")]
+            het = [r["heterologous"] for r in rs if isinstance(r.get("heterologous"), dict)]  # (null: NaN once read)
             if het:
                 entry["heterologous"] = {
-                    f"{t}/{k}": [h[t][k]["pearson"] for h in het] for t in ("cds", "unknown_vector") for k in het[0][t]
+                    f"{t}/{k}": [_skill(h[t][k]["pearson"]) for h in het]
+                    for t in ("cds", "unknown_vector")
+                    for k in het[0][t]
                 }
             out[f"{st}/{arm}"] = entry
     return out
