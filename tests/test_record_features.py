@@ -104,3 +104,45 @@ def test_tables_hold_distinct_sets_and_keys_are_order_free():
     gi, ptr = torch.tensor([3, 1, 4, 1, 5, 9, 2]), torch.tensor([0, 2, 7])
     padded, sizes = padded_members(gi, ptr, torch.tensor([0, 0, 1, 1, 1, 1, 1]))
     assert padded.tolist() == [[3, 1, -1, -1], [4, 1, 5, 9]] and sizes.tolist() == [2, 5]
+
+
+def test_interaction_profiles_leave_the_batch_out_exactly_and_stay_bounded(reference) -> None:
+    """The profile tokens of a training step equal the sketch of the training records without the batch's own
+    (same basis), each dimension has unit RMS over the genes with records, and no entry exceeds the clip."""
+    from cellformer.models.record_features import PROFILE_CLIP, InteractionProfiles
+
+    data, train = reference["data"], np.asarray(reference["ref"]["train"])
+    mean, std = np.nanmean(data.phenotypes[train], 0), np.nanstd(data.phenotypes[train], 0)
+    prof = InteractionProfiles(N, 2, 4)
+    prof.fit(data, train, [0, 1], mean, std)
+    count = prof.count.numpy()
+    full = prof.tokens(torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, dtype=torch.long), None,
+                       torch.tensor(mean), torch.tensor(std)).numpy().reshape(N, 2, 4)  # fmt: skip
+    has = count[:, 0] > 0
+    assert np.abs(full).max() <= PROFILE_CLIP + 1e-6
+    unclipped = np.abs(full[has, 0]) < PROFILE_CLIP - 1e-6
+    if unclipped.all():
+        np.testing.assert_allclose(np.sqrt((full[has, 0] ** 2).mean(0)), 1.0, rtol=1e-4)
+    # a batch of training records of 2-3 genes: remove them by hand from the sketch's definition
+    sizes_all = data.set_sizes[train]
+    batch_rows = train[sizes_all >= 2][:25]
+    members = torch.full((len(batch_rows), 3), -1, dtype=torch.long)
+    for r, row in enumerate(batch_rows):
+        g = data.gene_index[data.offsets[row] : data.offsets[row + 1]]
+        members[r, : len(g)] = torch.as_tensor(g)
+    sizes = torch.as_tensor(data.set_sizes[batch_rows], dtype=torch.long)
+    own = torch.as_tensor(data.phenotypes[batch_rows], dtype=torch.float32)
+    step = prof.tokens(members, sizes, own, torch.tensor(mean, dtype=torch.float32),
+                       torch.tensor(std, dtype=torch.float32)).numpy().reshape(N, 2, 4)  # fmt: skip
+    basis, scale = prof.basis.numpy(), prof.scale.numpy()
+    total = np.zeros((N, 2, 4))
+    keep = np.setdiff1d(train[sizes_all >= 2], batch_rows)
+    for row in keep:
+        g = data.gene_index[data.offsets[row] : data.offsets[row + 1]]
+        y = (data.phenotypes[row] - mean) / std
+        for i in range(len(g)):
+            other = np.delete(basis[g], i, axis=0).mean(0)  # (2, 4)
+            total[g[i]] += np.where(np.isnan(y), 0.0, y)[:, None] * other
+    expected = np.clip(total / np.sqrt(np.maximum(count, 1))[..., None] * scale, -PROFILE_CLIP, PROFILE_CLIP)
+    np.testing.assert_allclose(step, expected, atol=1e-4)
+    assert not np.allclose(step, full)  # the batch's records did leave

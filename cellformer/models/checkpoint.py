@@ -29,7 +29,7 @@ from cellformer.models.registry import build_model
 CHECKPOINT_KEY = "cellformer"
 #: 2: CellFormer's record tables (``records.*``), tokens (``tokens.*``) and graph regulariser are submodules
 #: and its hyper-parameters are a :class:`~cellformer.models.cellformer.CellFormerConfig`.
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
 
 
 def context_to_checkpoint(context: DataContext, model_name: str, model_hparams: dict) -> dict:

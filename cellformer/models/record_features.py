@@ -267,13 +267,18 @@ def _sym_matrix(genes: np.ndarray, values: np.ndarray, n: int) -> sp.csr_matrix:
     return out
 
 
+#: interaction-profile token entries are clipped to ± this many RMS (after the batch's own records are removed)
+PROFILE_CLIP = 5.0
+
+
 class InteractionProfiles(nn.Module):
     """A k-dimensional sketch of every gene's measured interaction profile, per phenotype.
 
     For phenotype ``p``: ``u^p`` (N, k) are the leading eigenvectors (by |eigenvalue|) of the symmetric matrix of
     the standardised training pair values, scaled to unit mean square over the genes that have pairs; gene
     ``i``'s profile is ``Σ_r y_rp · mean_{j ∈ r, j ≠ i} u^p_j`` over the training records ``r`` of 2..MAX_SET
-    genes containing ``i``, divided by the square root of their number. The sketch is linear in the records, so
+    genes containing ``i``, divided by the square root of their number, each dimension scaled to unit RMS over
+    the genes with records (fixed at fit) and clipped to ± :data:`PROFILE_CLIP`. The sketch is linear in the records, so
     a batch's own records are removed in O(B·k) (:meth:`tokens`); nothing on a step's path grows with the
     number of training records. Buffers: saved with the model.
     """
@@ -284,6 +289,7 @@ class InteractionProfiles(nn.Module):
         self.register_buffer("basis", torch.zeros(num_genes, num_phenotypes, dim))  # u_j per phenotype
         self.register_buffer("total", torch.zeros(num_genes, num_phenotypes, dim))  # Σ_r y_r · mean u of the others
         self.register_buffer("count", torch.zeros(num_genes, num_phenotypes))  # records measuring p with gene i
+        self.register_buffer("scale", torch.ones(num_phenotypes, dim))  # 1 / RMS of each sketch dimension
 
     @property
     def width(self) -> int:
@@ -339,9 +345,17 @@ class InteractionProfiles(nn.Module):
                                          shape=(n, len(y)))  # fmt: skip
                     total[:, p] += onto @ other[:, p]
                     count[:, p] += np.bincount(members[:, i], has[:, p], n)
+        # Unit RMS per sketch dimension over the genes with records: eigenvectors of a sparse screen are often
+        # localised, so a unit-mean-square vector can put entries of order sqrt(genes) on a few genes.
+        profile = total / np.sqrt(np.maximum(count, 1))[..., None]
+        scale = np.ones((len(cols), k))
+        for p in range(len(cols)):
+            rms = np.sqrt(np.mean(profile[count[:, p] > 0, p] ** 2, axis=0)) if (count[:, p] > 0).any() else 0
+            scale[p] = np.where(rms > 0, 1.0 / np.where(rms > 0, rms, 1.0), 1.0)
         self.basis.copy_(torch.from_numpy(basis.astype(np.float32)))
         self.total.copy_(torch.from_numpy(total.astype(np.float32)))
         self.count.copy_(torch.from_numpy(count.astype(np.float32)))
+        self.scale.copy_(torch.from_numpy(scale.astype(np.float32)))
 
     def tokens(
         self,
@@ -365,7 +379,7 @@ class InteractionProfiles(nn.Module):
                 other = (summed - u[:, i]) / (sizes - 1).clamp_min(1)[:, None, None]
                 active = (sizes > i)[:, None, None]
                 total = total.index_add(0, g[:, i], -(y[..., None] * other * active))
-        out = total / self.count.clamp_min(1).sqrt()[..., None]
+        out = (total / self.count.clamp_min(1).sqrt()[..., None] * self.scale).clamp(-PROFILE_CLIP, PROFILE_CLIP)
         if hidden is not None:
             out = out * ~hidden[:, None, None]
         return out.flatten(1)
