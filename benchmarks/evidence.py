@@ -865,28 +865,39 @@ def render(report: dict, out: Path) -> None:
     plot(report, stem.with_suffix(".png"))
 
 
-def merge_reports(paths: list[Path], tag: str | None, out: Path, force: bool = False) -> dict:
-    """One record from records that differ only in their seeds (the same screen, mode, problem, settings, arms
-    and training config): the runs are pooled, summary and targets recomputed; wall time is the sum."""
+def merge_reports(paths: list[Path], tag: str | None, out: Path, force: bool = False, update: bool = False) -> dict:
+    """One record from records of the same screen, mode, problem, settings and training config, run with other
+    seeds or arms (e.g. one process per seed): their runs are pooled by (seed, setting, arm) and the summary
+    and targets recomputed. A run present in two records is an error, unless ``update``: then the later record's
+    run replaces the earlier one (arms re-run after a change to them). Wall time is the sum."""
     if not tag:
         raise SystemExit("--merge needs --tag (the name of the combined record)")
     if (out / f"evidence_{tag}.json").exists() and not force:
         raise SystemExit(f"{out}/evidence_{tag}.json exists (a cited record?): pass --tag NEW or --force")
     raw = [json.loads(p.read_text()) for p in paths]  # compared as stored (null, not NaN, compares equal)
-    same = ("screen", "mode", "problem", "settings", "arms", "config", "phenotypes")
+    same = ("screen", "mode", "problem", "settings", "config", "phenotypes")
     for p, r in zip(paths[1:], raw[1:], strict=True):
         for key in same:
             if r[key] != raw[0][key]:
-                raise SystemExit(f"{p}: its {key!r} differs from {paths[0]}'s; only seeds may differ")
+                raise SystemExit(f"{p}: its {key!r} differs from {paths[0]}'s; only seeds and arms may differ")
     parts = [_nan(r) for r in raw]
-    seeds = [s for r in parts for s in r["seeds"]]
-    if len(set(seeds)) != len(seeds):
-        raise SystemExit(f"--merge: seeds {seeds} repeat across the records")
+    runs: dict[tuple, dict] = {}
+    for p, r in zip(paths, parts, strict=True):
+        for run in r["runs"]:
+            key = (run["seed"], run["setting"], run["arm"])
+            if key in runs and not update:
+                raise SystemExit(f"--merge: seed {key[0]} {key[1]} {key[2]} is in two records (pass --update to "
+                                 f"let {p} replace it)")  # fmt: skip
+            runs[key] = run
+    arms = [a for a in ARMS if any(a in r["arms"] for r in parts)]
     report = dict(parts[0])
     report.update(
         tag=tag,
-        seeds=sorted(seeds),
-        runs=[run for r in parts for run in r["runs"]],
+        seeds=sorted({s for r in parts for s in r["seeds"]}),
+        arms=arms,
+        runs=sorted(
+            runs.values(), key=lambda x: (x["seed"], report["settings"].index(x["setting"]), arms.index(x["arm"]))
+        ),  # fmt: skip
         wall_s=sum(r["wall_s"] for r in parts),
         command=" ; ".join(r["command"] for r in parts),
         merged_from=[str(p) for p in paths],
@@ -940,8 +951,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--force", action="store_true", help="overwrite an existing evidence_<tag> record")
     p.add_argument("--from-json", default=None, help="re-render a saved evidence JSON without training")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                   help="combine records of the same screen, settings and arms run with different --seeds (e.g. "
-                        "one process per seed) into evidence_<tag> (--tag required); nothing is trained")  # fmt: skip
+                   help="combine records of the same screen and settings run with different --seeds (e.g. "
+                        "one process per seed) or other arms into evidence_<tag> (--tag required); nothing is "
+                        "trained")  # fmt: skip
+    p.add_argument("--update", action="store_true",
+                   help="with --merge: a later record's run (seed, setting, arm) replaces an earlier one")  # fmt: skip
     args = p.parse_args(argv)
     for k, v in MODE_DEFAULTS[args.screen, args.mode].items():
         if getattr(args, k) is None:
@@ -965,7 +979,7 @@ def parse_model_args(items: list[str]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.merge:
-        return merge_reports([Path(f) for f in args.merge], args.tag, Path(args.out_dir), args.force)
+        return merge_reports([Path(f) for f in args.merge], args.tag, Path(args.out_dir), args.force, args.update)
     if args.from_json:
         path = Path(args.from_json)
         report = _nan(json.loads(path.read_text()))

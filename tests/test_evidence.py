@@ -86,11 +86,25 @@ def test_sim_toy_run_writes_outputs_and_never_overwrites(evidence, tmp_path: Pat
     entry = merged["summary"]["gene_holdout/cellformer"]["epsilon"]["pearson"]
     assert len(entry) == 2 and entry[0] == entry[1]
     assert (tmp_path / "evidence_toy_all.md").exists()
-    with pytest.raises(SystemExit, match="seeds"):  # the same seed twice
+    with pytest.raises(SystemExit, match="two records"):  # the same seed twice
         evidence.main(["--merge", str(js), str(js), "--tag", "toy_dup", "--out-dir", str(tmp_path)])
-    other["arms"] = ["cellformer"]
+    # an arm re-run replaces its runs only when asked to
+    redo = json.loads(js.read_text())
+    redo["runs"] = [dict(r, test={**r["test"], "epsilon": {**r["test"]["epsilon"], "pearson": 0.5}})
+                    for r in redo["runs"] if r["arm"] == "cellformer"]  # fmt: skip
+    redo["arms"] = ["cellformer"]
+    js2 = tmp_path / "redo_cellformer.json"
+    js2.write_text(json.dumps(redo))
+    with pytest.raises(SystemExit, match="two records"):
+        evidence.main(["--merge", str(js), str(js2), "--tag", "toy_redo", "--out-dir", str(tmp_path)])
+    updated = evidence.main(["--merge", str(js), str(js2), "--tag", "toy_redo", "--update", "--out-dir", str(tmp_path)])
+    assert len(updated["runs"]) == len(runs) and updated["arms"] == report["arms"]
+    assert updated["summary"]["gene_holdout/cellformer"]["epsilon"]["pearson"] == [0.5]
+    same = [json.dumps(r["summary"]["gene_holdout/dango"], sort_keys=True) for r in (updated, report)]
+    assert same[0] == same[1]  # the other arms' runs are untouched
+    other["config"] = {**other["config"], "steps": 1}
     js1.write_text(json.dumps(other))
-    with pytest.raises(SystemExit, match="arms"):  # only the seeds may differ
+    with pytest.raises(SystemExit, match="config"):  # only seeds and arms may differ
         evidence.main(["--merge", str(js), str(js1), "--tag", "toy_bad", "--out-dir", str(tmp_path)])
 
 
