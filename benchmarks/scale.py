@@ -189,7 +189,9 @@ def markdown(report: dict) -> str:
         "the given number of distinct random pairs. CellFormer with `configs/quickstart.yaml`'s model and batch "
         f"size ({report['batch_size']}), random split; {report['steps']} steps timed. Each command in a fresh process "
         f"on {report['cpus']} CPU cores ({report['machine']}), torch {report['torch']}. Command: "
-        f"`{report['command']}`.", "",
+        f"`{report['command']}`."
+        + ("" if report.get("complete", True) else " **Incomplete: the run stopped before every size was measured.**"),
+        "",
         "| pairs | layout | file MiB | import s | import peak RSS GiB | info s | fit start s | step ms | "
         "screen pairs/s (s for 4,950) | screen peak RSS GiB | predict s |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -255,8 +257,6 @@ def main(argv: list[str] | None = None) -> dict:
     layouts = [s.strip() for s in args.layouts.split(",")]
     import yaml
 
-    from cellformer.genome import yeast_genome
-
     cfg = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -268,20 +268,29 @@ def main(argv: list[str] | None = None) -> dict:
                 r = measure(size, layout, work, args.steps)
                 print("  " + json.dumps(r), flush=True)
                 rows.append(r)
+                report = write_report(rows, args, cfg, argv, done=False)  # a table after every size
+    report = write_report(rows, args, cfg, argv, done=True)
+    print(markdown(report))
+    return report
+
+
+def write_report(rows: list[dict], args: argparse.Namespace, cfg: dict, argv, done: bool) -> dict:
+    """Write ``scale_<tag>.{md,json}`` for the rows measured so far (``done``: all of them)."""
     import torch
+
+    from cellformer.genome import yeast_genome
 
     command = "python benchmarks/scale.py " + " ".join(sys.argv[1:] if argv is None else argv)
     report = {
         "rows": rows, "targets": targets(rows), "genes": len(yeast_genome()), "batch_size": cfg["data"]["batch_size"],
         "steps": args.steps, "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-        "torch": torch.__version__, "command": command,
+        "torch": torch.__version__, "command": command, "complete": done,
     }  # fmt: skip
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = f"scale_{args.tag}{'_quick' if args.quick else ''}"
     (out / f"{name}.md").write_text(markdown(report))
     (out / f"{name}.json").write_text(json.dumps(report, indent=1))
-    print(markdown(report))
     return report
 
 
