@@ -283,9 +283,7 @@ def explain(
     if query is not None and not list(query):
         raise UserError("the query set is empty")
     model = predictor.model
-    missing = [
-        m for m in ("attention_rows", "attention_alignment", "valid_rows", "graph_tensors") if not hasattr(model, m)
-    ]
+    missing = [m for m in ("attention_rows", "attention_alignment", "regularizer") if not hasattr(model, m)]
     if missing or not predictor.has_encoder_cache:
         raise UserError(
             f"explain needs a CellFormer checkpoint; {type(model).__name__} has no attention maps "
