@@ -168,8 +168,9 @@ def measure(size: int, layout: str, work: Path, steps: int) -> dict:
 
     genes.write_text("\n".join(yeast_genome().genes[:100]) + "\n")
     top = work / f"top_{layout}_{size}.tsv"
-    screen_s, screen_rss, screen_out = cellformer("screen", "--ckpt", str(ckpt), "--order", "2", "--genes",
-                                                  str(genes), "--top", "100", "--out", str(top), "--force")  # fmt: skip
+    screen_s, screen_rss, screen_out = cellformer("screen", "--ckpt", str(ckpt), "--order", "2", "--by", "epsilon",
+                                                  "--genes", str(genes), "--top", "100", "--out", str(top),
+                                                  "--force")  # fmt: skip
     pred_s, _, _ = cellformer("predict", "--ckpt", str(ckpt), "--genes", f"{yeast_genome().genes[0]};ACT1")
     n_pairs = 100 * 99 // 2
     return {
