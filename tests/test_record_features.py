@@ -146,3 +146,14 @@ def test_interaction_profiles_leave_the_batch_out_exactly_and_stay_bounded(refer
     expected = np.clip(total / np.sqrt(np.maximum(count, 1))[..., None] * scale, -PROFILE_CLIP, PROFILE_CLIP)
     np.testing.assert_allclose(step, expected, atol=1e-4)
     assert not np.allclose(step, full)  # the batch's records did leave
+    # fitted in chunks of a few records (as at screen scale), the sketch is the same
+    import cellformer.models.record_features as rf
+
+    chunked = InteractionProfiles(N, 2, 4)
+    old_chunk, rf.FIT_CHUNK = rf.FIT_CHUNK, 7
+    try:
+        chunked.fit(data, train, [0, 1], mean, std)
+    finally:
+        rf.FIT_CHUNK = old_chunk
+    for name in ("basis", "total", "count", "scale"):
+        np.testing.assert_allclose(getattr(chunked, name).numpy(), getattr(prof, name).numpy(), atol=1e-5)

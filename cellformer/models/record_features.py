@@ -267,6 +267,8 @@ def _sym_matrix(genes: np.ndarray, values: np.ndarray, n: int) -> sp.csr_matrix:
     return out
 
 
+#: records per chunk when the profile sums are fitted (bounds the fit's memory at any screen size)
+FIT_CHUNK = 100_000
 #: interaction-profile token entries are clipped to ± this many RMS (after the batch's own records are removed)
 PROFILE_CLIP = 5.0
 
@@ -333,18 +335,21 @@ class InteractionProfiles(nn.Module):
             sel = rows[sizes == s]
             if not len(sel):
                 continue
-            members = data.gene_index[data.offsets[sel][:, None] + np.arange(s)].astype(np.int64)
-            keep = (members < n).all(1)
-            members, y = members[keep], (data.phenotypes[sel[keep]][:, list(cols)].astype(np.float64) - mean) / std
-            has = ~np.isnan(y)
-            summed = basis[members].sum(1)  # (R, P, k)
-            for i in range(s):
-                other = (summed - basis[members[:, i]]) / (s - 1)
-                for p in range(len(cols)):
-                    onto = sp.csr_matrix((np.where(has[:, p], y[:, p], 0.0), (members[:, i], np.arange(len(y)))),
-                                         shape=(n, len(y)))  # fmt: skip
-                    total[:, p] += onto @ other[:, p]
-                    count[:, p] += np.bincount(members[:, i], has[:, p], n)
+            for lo in range(0, len(sel), FIT_CHUNK):  # in chunks: (records, s, P, k) would not fit at 20 M records
+                part = sel[lo : lo + FIT_CHUNK]
+                members = data.gene_index[data.offsets[part][:, None] + np.arange(s)].astype(np.int64)
+                keep = (members < n).all(1)
+                members = members[keep]
+                y = (data.phenotypes[part[keep]][:, list(cols)].astype(np.float64) - mean) / std
+                has = ~np.isnan(y)
+                summed = basis[members].sum(1)  # (R, P, k)
+                for i in range(s):
+                    other = (summed - basis[members[:, i]]) / (s - 1)
+                    for p in range(len(cols)):
+                        onto = sp.csr_matrix((np.where(has[:, p], y[:, p], 0.0), (members[:, i], np.arange(len(y)))),
+                                             shape=(n, len(y)))  # fmt: skip
+                        total[:, p] += onto @ other[:, p]
+                        count[:, p] += np.bincount(members[:, i], has[:, p], n)
         # Unit RMS per sketch dimension over the genes with records: eigenvectors of a sparse screen are often
         # localised, so a unit-mean-square vector can put entries of order sqrt(genes) on a few genes.
         profile = total / np.sqrt(np.maximum(count, 1))[..., None]
