@@ -61,6 +61,52 @@ class PerturbationType(IntEnum):
 NUM_PERTURBATION_TYPES = len(PerturbationType)
 
 
+class Conditions(Sequence):
+    """Per-record conditions (e.g. ``DMA30``) as ``codes`` (R,) int32 into the distinct ``names``.
+
+    A screen has a handful of conditions and millions of records, so a record holds a small integer, not a
+    string. Behaves as a read-only sequence of strings (``len``, indexing, iteration, ``==`` with a list);
+    indexing with an array of rows returns the :class:`Conditions` of those rows.
+    """
+
+    def __init__(self, codes: np.ndarray, names: Sequence[str]):
+        self.codes = np.asarray(codes, dtype=np.int32)
+        self.names = tuple(str(n) for n in names)
+        if self.codes.ndim != 1:
+            raise ValueError(f"condition codes must be one-dimensional, got shape {self.codes.shape}")
+        if len(self.codes) and (self.codes.min() < 0 or self.codes.max() >= len(self.names)):
+            raise ValueError(f"condition codes must lie in [0, {len(self.names)})")
+
+    @classmethod
+    def coerce(cls, values: Conditions | Sequence[str]) -> Conditions:
+        """``values`` as :class:`Conditions` (a sequence of strings is coded in order of first appearance)."""
+        if isinstance(values, Conditions):
+            return values
+        values = [str(v) for v in values]
+        lookup = {name: i for i, name in enumerate(dict.fromkeys(values))}
+        return cls(np.fromiter(map(lookup.__getitem__, values), np.int32, len(values)), list(lookup))
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, index):
+        if isinstance(index, int | np.integer):
+            return self.names[self.codes[index]]
+        return Conditions(self.codes[index], self.names)
+
+    def __iter__(self):
+        names = self.names
+        return (names[c] for c in self.codes.tolist())
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, Conditions | Sequence) and not isinstance(other, str):
+            return len(self) == len(other) and list(self) == list(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"Conditions({len(self)} records, names={list(self.names)})"
+
+
 @dataclass
 class PerturbationData:
     """A whole dataset in memory (CSR arrays). The h5 file is its serialised form."""
@@ -72,7 +118,7 @@ class PerturbationData:
     phenotypes: np.ndarray  # (R, P) float32
     phenotype_names: list[str]
     split: np.ndarray | None = None  # (R,) int8
-    condition: list[str] | None = None
+    condition: Conditions | None = None  # a list of strings is accepted and coded
     heterologous: dict[str, str] = field(default_factory=dict)
     genome_hash: str = ""
     genome_name: str = ""
@@ -101,6 +147,10 @@ class PerturbationData:
             raise ValueError(f"gene indices must lie in [0, {n_total})")
         if self.split is not None:
             self.split = np.asarray(self.split, dtype=np.int8)
+        if self.condition is not None:
+            self.condition = Conditions.coerce(self.condition)
+            if len(self.condition) != r:
+                raise ValueError(f"{len(self.condition)} conditions for {r} records")
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
@@ -126,11 +176,8 @@ class PerturbationData:
         rows = np.asarray(rows, dtype=np.int64)
         sizes = self.set_sizes[rows]
         offsets = np.concatenate([[0], np.cumsum(sizes)])
-        take = (
-            np.concatenate([np.arange(self.offsets[r], self.offsets[r + 1]) for r in rows])
-            if len(rows)
-            else np.zeros(0, dtype=np.int64)
-        )
+        # entry j of new record k comes from entry offsets[rows[k]] + j
+        take = np.arange(offsets[-1], dtype=np.int64) + np.repeat(self.offsets[rows] - offsets[:-1], sizes)
         return PerturbationData(
             genes=self.genes,
             offsets=offsets,
@@ -139,7 +186,7 @@ class PerturbationData:
             phenotypes=self.phenotypes[rows],
             phenotype_names=list(self.phenotype_names),
             split=None if self.split is None else self.split[rows],
-            condition=None if self.condition is None else [self.condition[r] for r in rows],
+            condition=None if self.condition is None else self.condition[rows],
             heterologous=dict(self.heterologous),
             genome_hash=self.genome_hash,
             genome_name=self.genome_name,
@@ -195,9 +242,9 @@ class PerturbationData:
             if self.split is not None:
                 g.create_dataset("split", data=self.split, **kw)
             if self.condition is not None:  # as codes into the distinct conditions (a screen has a handful)
-                names, codes = np.unique(np.asarray(self.condition, dtype=object).astype(str), return_inverse=True)
-                g.create_dataset("condition_code", data=codes.astype(np.int32), **kw)
-                g.create_dataset("condition_names", data=names.astype(object), dtype=str_dt)
+                cond = Conditions.coerce(self.condition)
+                g.create_dataset("condition_code", data=cond.codes, **kw)
+                g.create_dataset("condition_names", data=np.array(cond.names, dtype=object), dtype=str_dt)
             if self.heterologous:
                 h = f.create_group("heterologous")
                 h.create_dataset("names", data=np.array(list(self.heterologous), dtype=object), dtype=str_dt)
@@ -272,14 +319,14 @@ class PerturbationData:
             )
 
 
-def _read_condition(records) -> list[str] | None:
+def _read_condition(records) -> Conditions | None:
     """The per-record conditions of an HDF5 ``records`` group: codes into distinct names, or (files written
     before the codes) one string per record; None when the file has none."""
     if "condition_code" in records:
         names = [s.decode() if isinstance(s, bytes) else s for s in records["condition_names"][()]]
-        return [names[c] for c in records["condition_code"][()]]
+        return Conditions(records["condition_code"][()], names)
     if "condition" in records:
-        return [s.decode() if isinstance(s, bytes) else s for s in records["condition"][()]]
+        return Conditions.coerce([s.decode() if isinstance(s, bytes) else s for s in records["condition"][()]])
     return None
 
 
@@ -308,13 +355,14 @@ class SplitOverlap:
 def record_keys(data: PerturbationData, rows: np.ndarray) -> np.ndarray:
     """One int64 key per record of ``rows``: equal exactly when two records have the same genes with the same
     types (in any order) and the same condition. Sets of up to three genes are encoded exactly; larger ones
-    by a 64-bit hash of their sorted (gene, type) codes (a collision is a ~2⁻⁶⁴ event per pair of records)."""
+    by a 64-bit hash of their sorted (gene, type) codes (a collision is a ~2⁻⁶⁴ event per pair of records).
+    With several conditions, hashed keys are renumbered within the call: compare keys of one call only."""
     rows = np.asarray(rows, dtype=np.int64)
     sizes = data.set_sizes[rows]
     n_codes = (len(data.genes) + len(data.heterologous)) * NUM_PERTURBATION_TYPES
     codes = data.gene_index.astype(np.int64) * NUM_PERTURBATION_TYPES + data.types.astype(np.int64)
     keys = np.zeros(len(rows), dtype=np.int64)
-    for k in np.unique(sizes):
+    for k in np.flatnonzero(np.bincount(sizes)):
         sel = np.flatnonzero(sizes == k)
         members = np.sort(codes[data.offsets[rows[sel]][:, None] + np.arange(k)], axis=1)
         if k <= 3 and n_codes ** max(k, 1) < 2**62 // 64:
@@ -329,10 +377,11 @@ def record_keys(data: PerturbationData, rows: np.ndarray) -> np.ndarray:
                     h = (h ^ members[:, j].astype(np.uint64)) * np.uint64(0x100000001B3)
                     h ^= h >> np.uint64(29)
             keys[sel] = (h | np.uint64(1 << 63)).view(np.int64)  # negative: apart from the exact keys
-    if data.condition is not None:
-        _, cond = np.unique(np.asarray(data.condition, dtype=object)[rows].astype(str), return_inverse=True)
-        _, keys = np.unique(np.stack([keys, cond.astype(np.int64)], 1), axis=0, return_inverse=True)
-        keys = keys.astype(np.int64).ravel()
+    if data.condition is not None and len(data.condition.names) > 1:
+        cond, n_cond = data.condition.codes[rows].astype(np.int64), len(data.condition.names)
+        if len(keys) and (keys.min() < 0 or keys.max() >= 2**62 // n_cond):  # hashed keys: renumber them first
+            keys = np.unique(keys, return_inverse=True)[1].astype(np.int64).ravel()
+        keys = keys * n_cond + cond
     return keys
 
 

@@ -267,8 +267,32 @@ def _sym_matrix(genes: np.ndarray, values: np.ndarray, n: int) -> sp.csr_matrix:
     return out
 
 
-#: records per chunk when the profile sums are fitted (bounds the fit's memory at any screen size)
+#: records per chunk when the profile sums of larger sets are fitted (bounds the fit's memory at any size)
 FIT_CHUNK = 100_000
+#: up to this many genes with pairs the profile basis is an exact dense eigendecomposition
+DENSE_EIGEN = 3000
+
+
+def top_eigenvectors(
+    matrix: sp.csr_matrix, k: int, iterations: int = 6, oversample: int = 16, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` eigenpairs of largest magnitude of a symmetric sparse matrix, approximately: randomised block
+    subspace iteration (Halko, Martinsson & Tropp 2011, Alg. 4.4) with a Rayleigh-Ritz step.
+
+    Each iteration is one sparse × dense product with ``k + oversample`` columns, so the cost is
+    ``O(iterations · nnz · k)``; a Lanczos solver (``eigsh``) needs thousands of single products for ``k`` in
+    the tens. Deterministic for a given ``seed``. Returns ``(values (k,), vectors (n, k))``.
+    """
+    n = matrix.shape[0]
+    width = min(n, k + oversample)
+    q = np.linalg.qr(matrix @ np.random.default_rng(seed).normal(size=(n, width)))[0]
+    for _ in range(iterations):
+        q = np.linalg.qr(matrix @ q)[0]
+    vals, small = np.linalg.eigh(q.T @ (matrix @ q))
+    order = np.argsort(-np.abs(vals))[:k]
+    return vals[order], q @ small[:, order]
+
+
 #: interaction-profile token entries are clipped to ± this many RMS (after the batch's own records are removed)
 PROFILE_CLIP = 5.0
 
@@ -277,7 +301,8 @@ class InteractionProfiles(nn.Module):
     """A k-dimensional sketch of every gene's measured interaction profile, per phenotype.
 
     For phenotype ``p``: ``u^p`` (N, k) are the leading eigenvectors (by |eigenvalue|) of the symmetric matrix of
-    the standardised training pair values, scaled to unit mean square over the genes that have pairs; gene
+    the standardised training pair values (exact up to :data:`DENSE_EIGEN` genes with pairs, by randomised
+    subspace iteration above: :func:`top_eigenvectors`), scaled to unit mean square over the genes that have pairs; gene
     ``i``'s profile is ``Σ_r y_rp · mean_{j ∈ r, j ≠ i} u^p_j`` over the training records ``r`` of 2..MAX_SET
     genes containing ``i``, divided by the square root of their number, each dimension scaled to unit RMS over
     the genes with records (fixed at fit) and clipped to ± :data:`PROFILE_CLIP`. The sketch is linear in the records, so
@@ -299,8 +324,6 @@ class InteractionProfiles(nn.Module):
 
     def fit(self, data: PerturbationData, rows: np.ndarray, cols: Sequence[int], mean, std) -> None:
         """Eigenvectors of the training pairs' matrix and the profile sums of the training records ``rows``."""
-        from scipy.sparse.linalg import ArpackNoConvergence, eigsh
-
         n, k = self.num_genes, self.dim
         sizes = data.set_sizes[rows]
         basis = np.zeros((n, len(cols), k), np.float64)
@@ -317,21 +340,25 @@ class InteractionProfiles(nn.Module):
             matrix = _sym_matrix(genes[sel], y2[sel, p], n)[active][:, active]
             if not np.any(matrix.data):
                 continue
-            if len(active) <= 3000:  # dense is exact and fast at this size
+            if len(active) <= DENSE_EIGEN:  # dense is exact and fast at this size
                 vals, vecs = np.linalg.eigh(matrix.toarray())
             else:
-                v0 = np.random.default_rng(0).normal(size=len(active))
-                try:
-                    vals, vecs = eigsh(matrix, k=m, which="LM", v0=v0, tol=1e-4)
-                except ArpackNoConvergence as exc:  # keep the converged ones
-                    vals, vecs = exc.eigenvalues, exc.eigenvectors
+                vals, vecs = top_eigenvectors(matrix, m)
             order = np.argsort(-np.abs(vals))[:m]
             vecs = vecs[:, order] * np.sqrt(len(active))
             vecs *= np.where(vecs[np.abs(vecs).argmax(0), np.arange(vecs.shape[1])] < 0, -1.0, 1.0)  # fixed signs
             basis[active, p, : vecs.shape[1]] = vecs
         total = np.zeros((n, len(cols), k))
         count = np.zeros((n, len(cols)))
-        for s in range(2, MAX_SET + 1):
+        # pairs: gene a gains y_ab · u_b and b gains y_ab · u_a, i.e. one sparse product with the (n, n)
+        # matrix of summed pair values (cost O(pairs · k), no per-record arrays)
+        for p in range(len(cols)):
+            sel = base & ~np.isnan(y2[:, p])
+            a, b = genes[sel, 0], genes[sel, 1]
+            summed = sp.coo_matrix((np.r_[y2[sel, p], y2[sel, p]], (np.r_[a, b], np.r_[b, a])), shape=(n, n)).tocsr()
+            total[:, p] += summed @ basis[:, p]
+            count[:, p] += np.bincount(np.r_[a, b], minlength=n)
+        for s in range(3, MAX_SET + 1):
             sel = rows[sizes == s]
             if not len(sel):
                 continue

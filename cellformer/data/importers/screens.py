@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cellformer.data.dataset import PerturbationData, PerturbationType
+from cellformer.data.dataset import Conditions, PerturbationData, PerturbationType
 from cellformer.data.table import FLOAT32_MAX, ImportReport, parse_value
 from cellformer.errors import UserError
 from cellformer.genome.genome import Genome
@@ -389,8 +389,9 @@ class _Builder:
             fit_y[i, self.col["fitness_n"]] = n
         fit_sizes = np.array([len(f[2]) for f in fit], dtype=np.int64)
         sizes = np.concatenate([fit_sizes, np.frombuffer(self.sizes, np.int64)])
-        for s, c in zip(*np.unique(sizes, return_counts=True), strict=True):
-            report.records_by_size[int(s)] = int(c)
+        counts = np.bincount(sizes)
+        for s in np.flatnonzero(counts):
+            report.records_by_size[int(s)] = int(counts[s])
         gene_index = np.concatenate([np.array([g for f in fit for g in f[2]], dtype=np.int32),
                                      np.frombuffer(self.genes, np.int32)])  # fmt: skip
         types = np.concatenate([np.array([t for f in fit for t in f[3]], dtype=np.int8),
@@ -399,8 +400,10 @@ class _Builder:
         phen = np.concatenate([fit_y, values.reshape(-1, len(self.names))]) if values is not None else fit_y
         condition = None
         if with_condition:
-            names = list(self.conditions)
-            condition = [f[4] for f in fit] + [names[c] for c in self.condition_codes]
+            lookup = dict(self.conditions)
+            fit_codes = [lookup.setdefault(f[4], len(lookup)) for f in fit]
+            codes = np.concatenate([np.array(fit_codes, np.int32), np.frombuffer(self.condition_codes, np.int32)])
+            condition = Conditions(codes, list(lookup))
         return PerturbationData(
             genes=list(genome.genes),
             offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),

@@ -215,6 +215,7 @@ class CrossFittedAdditive(nn.Module):
         cols = [data.phenotype_names.index(n) for n in phenotype_names]
         mean, std = (np.asarray(torch.as_tensor(v).cpu(), dtype=np.float64) for v in (mean, std))
         raw = records.phenotypes[:, cols].astype(np.float64)
+        size = np.asarray(X.sum(axis=1)).ravel()  # members with a column
         for p in range(len(cols)):
             mult = bool(self.multiplicative[p])
             target = np.log(np.maximum(raw[:, p], self.floor)) if mult else (raw[:, p] - mean[p]) / std[p]
@@ -224,24 +225,26 @@ class CrossFittedAdditive(nn.Module):
                 return (np.exp(np.minimum(t, 10.0)) - mean[p]) / std[p] if mult else t
 
             fits_by = self._fold_fits(X, target, has, fold)
+            Xh, fh, th = X[has], fold[has], standardised(target[has])
             best = None
             for lam in self.penalties:  # λ by out-of-fold error of the estimate in standardised units
                 fits = [fits_by(f, lam) for f in range(self.folds)]
-                err = 0.0
-                for f, (w, mu, b) in enumerate(fits):
-                    out = has & (fold == f)
-                    pred = X[out] @ w + mu * np.asarray(X[out].sum(axis=1)).ravel() + b
-                    err += float(np.sum((standardised(pred) - standardised(target[out])) ** 2))
+                # every measured record scored by every fold's fit in one product; each keeps its own fold's
+                scores = Xh @ np.stack([w for w, _, _ in fits], 1)
+                pred = scores[np.arange(len(fh)), fh] + np.array([mu for _, mu, _ in fits])[fh] * size[has]
+                pred += np.array([b for _, _, b in fits])[fh]
+                err = float(np.sum((standardised(pred) - th) ** 2))
                 if best is None or err < best[0]:
                     best = (err, lam, fits)
             _, lam, fits = best
             fits.append(fits_by(None, lam))
+            in_fold = np.stack([np.asarray(X[has & (fold == f)].sum(axis=0)).ravel() for f in range(self.folds)])
             for f, (w, mu, b) in enumerate(fits):
-                train = has & (fold != f) if f < self.folds else has
+                measured = in_fold.sum(0) - (in_fold[f] if f < self.folds else 0)  # the fit's training records
                 self.effect[f, :, p] = torch.from_numpy(w).float()
                 self.slope[f, p] = mu
                 self.bias[f, p] = b
-                self.measured[f, :, p] = torch.from_numpy(np.asarray(X[train].sum(axis=0)).ravel() > 0)
+                self.measured[f, :, p] = torch.from_numpy(measured > 0)
             self.penalty[p] = lam
 
     def _fold_fits(self, X: sp.csr_matrix, target: np.ndarray, has: np.ndarray, fold: np.ndarray):
