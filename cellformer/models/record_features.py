@@ -255,8 +255,8 @@ def substitution_estimate(
 
 
 # ---------------------------------------------------------------------- interaction profiles
-def _sym_matrix(genes: np.ndarray, values: np.ndarray, n: int) -> sp.csr_matrix:
-    """Symmetric (n, n) matrix of pair values (the mean over duplicate measurements)."""
+def _sym_matrix(genes: np.ndarray, values: np.ndarray, n: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Symmetric (n, n) matrices of pair values: the mean over duplicate measurements and the sum."""
     a, b = genes[:, 0], genes[:, 1]
     total = sp.coo_matrix((np.r_[values, values], (np.r_[a, b], np.r_[b, a])), shape=(n, n)).tocsr()
     count = sp.coo_matrix((np.ones(2 * len(a)), (np.r_[a, b], np.r_[b, a])), shape=(n, n)).tocsr()
@@ -264,7 +264,7 @@ def _sym_matrix(genes: np.ndarray, values: np.ndarray, n: int) -> sp.csr_matrix:
     count.sum_duplicates()
     out = total.copy()
     out.data = total.data / count.data  # same sparsity pattern and order (both summed from the same coordinates)
-    return out
+    return out, total
 
 
 #: records per chunk when the profile sums of larger sets are fitted (bounds the fit's memory at any size)
@@ -331,14 +331,16 @@ class InteractionProfiles(nn.Module):
         genes = data.gene_index[data.offsets[pairs][:, None] + np.arange(2)].astype(np.int64)
         base = (genes < n).all(1)
         y2 = (data.phenotypes[pairs][:, list(cols)].astype(np.float64) - mean) / std
+        total = np.zeros((n, len(cols), k))
+        count = np.zeros((n, len(cols)))
         for p in range(len(cols)):
             sel = base & ~np.isnan(y2[:, p])
+            means, sums = _sym_matrix(genes[sel], y2[sel, p], n)
+            count[:, p] += np.bincount(genes[sel].ravel(), minlength=n)
             active = np.unique(genes[sel])
             m = min(k, len(active) - 1)
-            if m < 1:
-                continue
-            matrix = _sym_matrix(genes[sel], y2[sel, p], n)[active][:, active]
-            if not np.any(matrix.data):
+            matrix = means[active][:, active]
+            if m < 1 or not np.any(matrix.data):
                 continue
             if len(active) <= DENSE_EIGEN:  # dense is exact and fast at this size
                 vals, vecs = np.linalg.eigh(matrix.toarray())
@@ -348,16 +350,9 @@ class InteractionProfiles(nn.Module):
             vecs = vecs[:, order] * np.sqrt(len(active))
             vecs *= np.where(vecs[np.abs(vecs).argmax(0), np.arange(vecs.shape[1])] < 0, -1.0, 1.0)  # fixed signs
             basis[active, p, : vecs.shape[1]] = vecs
-        total = np.zeros((n, len(cols), k))
-        count = np.zeros((n, len(cols)))
-        # pairs: gene a gains y_ab · u_b and b gains y_ab · u_a, i.e. one sparse product with the (n, n)
-        # matrix of summed pair values (cost O(pairs · k), no per-record arrays)
-        for p in range(len(cols)):
-            sel = base & ~np.isnan(y2[:, p])
-            a, b = genes[sel, 0], genes[sel, 1]
-            summed = sp.coo_matrix((np.r_[y2[sel, p], y2[sel, p]], (np.r_[a, b], np.r_[b, a])), shape=(n, n)).tocsr()
-            total[:, p] += summed @ basis[:, p]
-            count[:, p] += np.bincount(np.r_[a, b], minlength=n)
+            # pairs: gene a gains y_ab · u_b and b gains y_ab · u_a, i.e. one sparse product with the matrix of
+            # summed pair values (cost O(pairs · k), no per-record arrays)
+            total[:, p] += sums @ basis[:, p]
         for s in range(3, MAX_SET + 1):
             sel = rows[sizes == s]
             if not len(sel):
