@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import compress, islice, repeat
 from pathlib import Path
 
 import numpy as np
@@ -326,95 +328,200 @@ class _Parser:
 
 #: spellings of "not measured" recognised without a lower-casing pass (others go through :func:`parse_value`)
 _MISSING_FAST = frozenset(MISSING_VALUES | {v.upper() for v in MISSING_VALUES} | {"NaN", "N/a", "None", "Null"})
+#: the same, each mapped to ``"nan"`` (what ``float`` turns into NaN)
+_AS_NAN = dict.fromkeys(_MISSING_FAST, "nan")
 _SPLIT_FAST = {"": -1, **SPLITS, **{k.upper(): v for k, v in SPLITS.items()}}
+#: perturbation type spellings recognised without a stripping and upper-casing pass (others go through
+#: :meth:`PerturbationType.parse`)
+_TYPE_FAST = {
+    s: int(t)
+    for t in PerturbationType
+    if t is not PerturbationType.PRESENT
+    for s in (t.name, t.name.lower(), t.name.title())
+}
+_DELETION, _ADDITION = int(PerturbationType.DELETION), int(PerturbationType.ADDITION)
+
+#: physical lines read per block by :func:`import_table`
+_BLOCK = 200_000
+#: testing aid: ``False`` sends every row of :func:`import_table` through :meth:`_Parser.parse` (the row-by-row
+#: reference that the block parser :func:`_parse_block` is checked against)
+_FAST_PATH = True
 
 
-def _parse_block(parser: _Parser, block: list[tuple[int, str, list[str]]]) -> tuple[list[bool], dict]:
-    """The rows of ``block`` that parse without any exception, column by column (dictionary lookups and one
-    numpy conversion per column instead of per-cell Python work): ``(ok per row, arrays of the ok rows)``.
+def _skipped(line: str) -> bool:
+    """Whether a line (without its line end) is blank or a comment, which tables skip."""
+    return not line.strip() or line.startswith("#")
 
-    A row is left to :meth:`_Parser.parse` (which produces the exact error or the same values) when it has
-    another number of fields, a gene name that is not a plain id or alias, a repeated gene, a ``types`` value,
-    a heterologous gene, an unusual split or missing-value spelling, or a value that is not a finite float32.
+
+def _floats(cells: list[str]) -> np.ndarray:
+    """``float`` of every cell as float64, NaN for a cell that is not a number."""
+    try:
+        return np.fromiter(map(float, cells), np.float64, len(cells))
+    except ValueError:  # some cell is not a number: convert one by one to find it
+        out = np.empty(len(cells))
+        for i, x in enumerate(cells):
+            try:
+                out[i] = float(x)
+            except ValueError:
+                out[i] = math.nan
+        return out
+
+
+def _parse_block(parser: _Parser, lines: list[str], start: int) -> tuple[np.ndarray, dict | None]:
+    """The rows of a block of ``lines`` (without line ends; the first is line ``start``) that parse without any
+    problem: ``(ok per line, chunk of the ok rows)`` (the chunk is ``None`` when no line has the header's width).
+
+    Why it is fast: no Python code runs per row. The lines are joined and split once, a column is a slice of
+    the field list, and every step over cells is a ``map`` of a builtin (``str.count``, a dictionary lookup,
+    ``float``…) or a numpy operation over the block.
+
+    A line is left to the caller (which skips blank and comment lines and reads the others with
+    :meth:`_Parser.parse`, giving the exact error or the same values) when it is a comment or has another
+    number of fields, a gene name that is not an id or alias as written or upper-cased, a repeated gene, a
+    ``types`` value that is not one plain type name per gene, an unusual split or missing-value spelling, or a
+    value that is not a finite float32.
     """
-    exact, added, width = parser.genome.exact_names, parser.genome.added, parser.width
-    gcol = parser.col["genes"]
-    fields = [f for _, _, f in block]
-    ok = [len(f) == width for f in fields]
-    sets: list[list[int]] = []
-    for i, f in enumerate(fields):
-        genes = []
-        if ok[i]:
-            for name in f[gcol].split(";"):
-                g = exact.get(name)
-                if g is None or added[g]:
-                    ok[i] = False
-                    break
-                genes.append(g)
-            if ok[i] and (len(genes) > 1 and len(set(genes)) != len(genes)):
-                ok[i] = False
-        sets.append(genes)
-    if "types" in parser.col:
-        tcol = parser.col["types"]
-        ok = [o and not f[tcol].strip() for o, f in zip(ok, fields, strict=True)]
-    split = None
-    if "split" in parser.col:
-        scol = parser.col["split"]
-        split = [_SPLIT_FAST.get(f[scol], -2) if o else -1 for o, f in zip(ok, fields, strict=True)]
-        ok = [o and s != -2 for o, s in zip(ok, split, strict=True)]
-    values = []
-    for c in parser.pheno_cols:
-        col = ["nan" if (not o or f[c] in _MISSING_FAST) else f[c] for o, f in zip(ok, fields, strict=True)]
-        try:
-            v = np.asarray(col, dtype=np.float64)
-        except ValueError:  # a cell that is not a number: find the rows, which the slow parser reports
-            v = np.empty(len(col))
-            for i, x in enumerate(col):
-                try:
-                    v[i] = float(x)
-                except ValueError:
-                    v[i], ok[i] = np.nan, False
-        lit = np.array([o and f[c] not in _MISSING_FAST for o, f in zip(ok, fields, strict=True)], dtype=bool)
-        bad = lit & (~np.isfinite(v) | (np.abs(v) > FLOAT32_MAX))
-        ok = [o and not b for o, b in zip(ok, bad.tolist(), strict=True)]
-        values.append(v)
-    keep = np.flatnonzero(ok)
-    sizes = np.array([len(sets[i]) for i in keep], dtype=np.int64)
-    out = {
-        "lines": [block[i][0] for i in keep],
-        "sizes": sizes,
-        "genes": np.fromiter((g for i in keep for g in sets[i]), dtype=np.int64, count=int(sizes.sum())),
-        "types": np.full(int(sizes.sum()), int(PerturbationType.DELETION), dtype=np.int8),
-        "values": np.stack([v[keep] for v in values], 1) if values else np.zeros((len(keep), 0)),
-        "split": np.array([split[i] for i in keep], dtype=np.int8) if split is not None else None,
+    genome, width, col = parser.genome, parser.width, parser.col
+    n = len(lines)
+    ok = np.zeros(n, dtype=bool)
+    tabs = np.fromiter(map(str.count, lines, repeat("\t")), np.int64, n)
+    comment = np.fromiter(map(str.startswith, lines, repeat("#")), bool, n)
+    rows = np.flatnonzero((tabs == width - 1) & ~comment)  # the lines with the header's number of fields
+    m = len(rows)
+    if not m:
+        return ok, None
+    fields = "\t".join(lines if m == n else map(lines.__getitem__, rows.tolist())).split("\t")
+    good = np.ones(m, dtype=bool)  # rows[i] parsed without a problem so far
+
+    # genes: the names of all sets in one list, a set's names consecutive; a repeat within a set is found as two
+    # equal neighbours among the sorted (row, gene) keys
+    names = fields[col["genes"] :: width]
+    sizes = np.fromiter(map(str.count, names, repeat(";")), np.int64, m) + 1
+    total = int(sizes.sum())
+    genes = np.fromiter(map(genome.exact_names.get, ";".join(names).split(";"), repeat(-1)), np.int64, total)
+    owner = np.repeat(np.arange(m), sizes)  # the row of each name
+    good[owner[genes < 0]] = False
+    span = len(genome.genes) + 1
+    key = np.sort(owner * span + genes + 1)
+    good[key[1:][key[1:] == key[:-1]] // span] = False
+    added = genome.added[genes]  # (an unknown name, -1, reads the last gene: its row is refused already)
+
+    # types: the default unless given; given types must be one known spelling per gene, addition exactly for
+    # the added genes
+    types = np.where(added, _ADDITION, _DELETION).astype(np.int8)
+    if "types" in col:
+        cells = fields[col["types"] :: width]
+        given = np.flatnonzero(np.fromiter(map(bool, cells), bool, m))
+        if len(given):
+            cells = list(map(cells.__getitem__, given.tolist()))
+            counts = np.fromiter(map(str.count, cells, repeat(";")), np.int64, len(given)) + 1
+            codes = np.fromiter(map(_TYPE_FAST.get, ";".join(cells).split(";"), repeat(-1)), np.int8, int(counts.sum()))
+            good[given[np.repeat(np.arange(len(given)), counts)[codes < 0]]] = False
+            fits = counts == sizes[given]
+            good[given[~fits]] = False
+            placed = np.zeros(m, dtype=bool)
+            placed[given[fits]] = True
+            types[np.repeat(placed, sizes)] = codes[np.repeat(fits, counts)]
+            good[owner[(types == _ADDITION) != added]] = False
+
+    split = np.full(m, -1, dtype=np.int8)
+    if "split" in col:
+        split = np.fromiter(map(_SPLIT_FAST.get, fields[col["split"] :: width], repeat(-2)), np.int8, m)
+        good &= split != -2
+
+    # phenotypes, for the rows still good: NaN for a missing value; a lit cell must give a finite float32
+    sel = np.flatnonzero(good)
+    picks = good.tolist()
+    values = np.empty((len(sel), len(parser.pheno_cols)))
+    for j, c in enumerate(parser.pheno_cols):
+        cells = list(compress(fields[c::width], picks))
+        missing = np.fromiter(map(_MISSING_FAST.__contains__, cells), bool, len(cells))
+        values[:, j] = _floats(list(map(_AS_NAN.get, cells, cells)))
+        good[sel[~(missing | (np.abs(values[:, j]) <= FLOAT32_MAX))]] = False
+
+    ok[rows[good]] = True
+    names_kept = np.repeat(good, sizes)
+    chunk = {
+        "lines": start + rows[good],
+        "sizes": sizes[good],
+        "genes": genes[names_kept],
+        "types": types[names_kept],
+        "values": values[good[sel]],
+        "split": split[good],
         "condition": None,
     }
-    if "condition" in parser.col:
-        out["condition"] = [block[i][2][parser.col["condition"]].strip() for i in keep]
-    return ok, out
+    if "condition" in col:
+        chunk["condition"] = list(map(str.strip, compress(fields[col["condition"] :: width], good.tolist())))
+    return ok, chunk
 
 
-def _lines(path: Path):
-    """``(line number, raw line without newline, fields)`` of the non-blank, non-comment lines."""
+def _chunk(rows: list[_Row], n_pheno: int, condition: bool) -> dict:
+    """The rows read by :meth:`_Parser.parse` as a chunk (the arrays of :func:`_parse_block`)."""
+    return {
+        "lines": np.array([r.line for r in rows], dtype=np.int64),
+        "sizes": np.array([len(r.genes) for r in rows], dtype=np.int64),
+        "genes": np.concatenate([np.zeros(0, np.int64), *(r.genes for r in rows)]),
+        "types": np.concatenate([np.zeros(0, np.int8), *(r.types for r in rows)]),
+        "values": np.array([r.values for r in rows], dtype=np.float64).reshape(len(rows), n_pheno),
+        "split": np.array([r.split for r in rows], dtype=np.int8),
+        "condition": [r.condition for r in rows] if condition else None,
+    }
+
+
+def _concat(chunks: list[dict]) -> dict:
+    """The chunks as one, rows in line order (the block parser's rows and the slow parser's come apart)."""
+    c = {k: np.concatenate([ch[k] for ch in chunks]) for k in ("lines", "sizes", "genes", "types", "values", "split")}
+    c["condition"] = None if chunks[0]["condition"] is None else [x for ch in chunks for x in ch["condition"]]
+    if np.all(c["lines"][1:] > c["lines"][:-1]):
+        return c
+    order = np.argsort(c["lines"], kind="stable")
+    sizes = c["sizes"][order]
+    first = (np.cumsum(c["sizes"]) - c["sizes"])[order]  # where each row's genes start, before and after
+    names = np.repeat(first - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()))
+    return {
+        "lines": c["lines"][order],
+        "sizes": sizes,
+        "genes": c["genes"][names],
+        "types": c["types"][names],
+        "values": c["values"][order],
+        "split": c["split"][order],
+        "condition": None if c["condition"] is None else list(map(c["condition"].__getitem__, order.tolist())),
+    }
+
+
+def _blocks(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """``(number of the first line, raw lines)`` of ``path``: the lines up to the header one by one (so that
+    a bad header is reported before more is read), then blocks of :data:`_BLOCK` lines."""
     with open_text(path, "table") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            line = raw.rstrip("\r\n")
-            if not line.strip() or line.startswith("#"):
-                continue
+        start = 1
+        for raw in fh:
+            yield start, [raw]
+            start += 1
+            if not _skipped(raw.rstrip("\r\n")):
+                break
+        while raw := list(islice(fh, _BLOCK)):
+            yield start, raw
+            start += len(raw)
+
+
+def _rows(start: int, raw: list[str]) -> Iterator[tuple[int, str, list[str]]]:
+    """``(line number, line without its line end, fields)`` of the lines of a block that are not skipped."""
+    for lineno, r in enumerate(raw, start=start):
+        line = r.rstrip("\r\n")
+        if not _skipped(line):
             yield lineno, line, line.split("\t")
 
 
 def _open_table(path: str | Path, genome: Genome, phenotypes: bool):
+    """``(parser of the header, header line, the blocks after the header)``."""
     path = Path(path)
     if not path.exists():
         raise TableImportError(path, None, "file not found")
-    lines = _lines(path)
-    try:
-        lineno, header_line, header = next(lines)
-    except StopIteration:
-        raise TableImportError(path, None, "the file is empty (expected a header line with a 'genes' column)") from None
-    parser = _Parser(path, genome, header, lineno, phenotypes)
-    return parser, header_line, lines
+    blocks = _blocks(path)
+    for start, raw in blocks:
+        for lineno, line, header in _rows(start, raw):
+            return _Parser(path, genome, header, lineno, phenotypes), line, blocks
+    raise TableImportError(path, None, "the file is empty (expected a header line with a 'genes' column)")
 
 
 def import_table(
@@ -430,9 +537,13 @@ def import_table(
     when ``rejects_path`` is given, written there (original line + ``reason``). Heterologous genes of
     ``genome`` (see :meth:`Genome.add_genes`) are stored with their sequences. The split is ``None`` when
     the table has no ``split`` column.
+
+    Blocks of lines are parsed by :func:`_parse_block`; the lines it leaves are skipped (blank, comment) or
+    read by :meth:`_Parser.parse`, in file order.
     """
     path = Path(path)
-    parser, header_line, lines = _open_table(path, genome, phenotypes=True)
+    parser, header_line, blocks = _open_table(path, genome, phenotypes=True)
+    n_pheno = len(parser.phenotype_names)
     report = ImportReport(str(path), "table", phenotype_names=list(parser.phenotype_names))
     n_native = genome.num_known
     if genome.added[:n_native].any():
@@ -441,43 +552,39 @@ def import_table(
     if missing:
         raise ValueError(f"added gene {missing[0]!r} has no coding sequence in the genome")
     chunks: list[dict] = []
+    slow: list[_Row] = []
     rejects: list[str] = []
-    block: list[tuple[int, str, list[str]]] = []
-
-    def flush() -> None:
-        ok, fast = _parse_block(parser, block)
-        slow = []
-        for i in np.flatnonzero(~np.asarray(ok, dtype=bool)) if block else []:
-            lineno, line, fields = block[i]
+    for start, raw in blocks:
+        lines = list(map(str.rstrip, raw, repeat("\r\n")))
+        ok, chunk = _parse_block(parser, lines, start) if _FAST_PATH else (np.zeros(len(lines), dtype=bool), None)
+        if chunk is not None:
+            chunks.append(chunk)
+        report.rows += len(lines)
+        for i in np.flatnonzero(~ok).tolist():
+            line, lineno = lines[i], start + i
+            if _skipped(line):
+                report.rows -= 1
+                continue
             try:
-                slow.append((i, parser.parse(fields, lineno)))
+                slow.append(parser.parse(line.split("\t"), lineno))
             except TableImportError as e:
                 if not skip_bad_rows:
                     raise
                 report.reject(lineno, e.kind, e.problem)
                 rejects.append(f"{line}\tline {lineno}: {e.problem}")
-        chunks.append(fast if not slow else _merge(fast, ok, slow, len(parser.phenotype_names)))
-        block.clear()
-
-    for item in lines:
-        report.rows += 1
-        block.append(item)
-        if len(block) == _BLOCK:
-            flush()
-    flush()
-    sizes = np.concatenate([c["sizes"] for c in chunks])
+    rows = _concat([*chunks, _chunk(slow, n_pheno, "condition" in parser.col)])
+    sizes = rows["sizes"]
     report.imported = len(sizes)
-    values = np.concatenate([c["values"] for c in chunks]).astype(np.float32)
-    row_lines = [ln for c in chunks for ln in c["lines"]]
+    values = rows["values"].astype(np.float32)
     if len(sizes) and np.isnan(values).all():
         raise TableImportError(
             path, None, f"no measured phenotype value in {len(sizes)} rows (every value is empty or NA)", "empty"
         )
-    split = np.concatenate([c["split"] for c in chunks]) if "split" in parser.col else None
+    split = rows["split"] if "split" in parser.col else None
     unassigned = np.flatnonzero(split == -1) if split is not None else []
     if len(unassigned):
         report.notes.append(
-            f"{len(unassigned)} rows have an empty split (first on line {row_lines[unassigned[0]]}): stored as "
+            f"{len(unassigned)} rows have an empty split (first on line {rows['lines'][unassigned[0]]}): stored as "
             "unassigned, they are used by no training or evaluation"
         )
     if rejects_path is not None and rejects:
@@ -490,17 +597,15 @@ def import_table(
     if not len(sizes):
         detail = f" ({report.rejected} rejected: {report.summary()})" if report.rejected else ""
         raise TableImportError(path, None, f"no rows to import{detail}", "empty")
-    genes = np.concatenate([c["genes"] for c in chunks])
-    types = np.concatenate([c["types"] for c in chunks])
     data = PerturbationData(
         genes=list(genome.genes[:n_native]),
         offsets=np.concatenate([[0], np.cumsum(sizes)]),
-        gene_index=genes,
-        types=types,
-        phenotypes=values.reshape(len(sizes), len(parser.phenotype_names)),
+        gene_index=rows["genes"],
+        types=rows["types"],
+        phenotypes=values.reshape(len(sizes), n_pheno),
         phenotype_names=list(parser.phenotype_names),
         split=split,
-        condition=[c for ch in chunks for c in ch["condition"]] if "condition" in parser.col else None,
+        condition=rows["condition"],
         heterologous={g: genome.sequences[g] for g in genome.genes[n_native:]},
         genome_hash=genome.hash,
         genome_name=genome.name,
@@ -510,36 +615,6 @@ def import_table(
     return data, report
 
 
-#: rows parsed per block by the column-wise fast path
-_BLOCK = 200_000
-
-
-def _merge(fast: dict, ok: list[bool], slow: list[tuple[int, _Row]], n_pheno: int) -> dict:
-    """One chunk in file order from the fast path's rows and the rows :meth:`_Parser.parse` read."""
-    pos = np.cumsum(ok) - 1  # index of an ok row among the fast rows
-    items: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, int, str, int]] = []
-    offsets = np.concatenate([[0], np.cumsum(fast["sizes"])])
-    for i in np.flatnonzero(ok):
-        j = pos[i]
-        g = fast["genes"][offsets[j] : offsets[j + 1]]
-        items.append((i, g, fast["types"][offsets[j] : offsets[j + 1]], fast["values"][j],
-                      -1 if fast["split"] is None else int(fast["split"][j]),
-                      "" if fast["condition"] is None else fast["condition"][j], fast["lines"][j]))  # fmt: skip
-    for i, r in slow:
-        items.append((i, r.genes, r.types, np.asarray(r.values, dtype=np.float64).reshape(n_pheno), r.split,
-                      r.condition, r.line))  # fmt: skip
-    items.sort(key=lambda t: t[0])
-    return {
-        "lines": [t[6] for t in items],
-        "sizes": np.array([len(t[1]) for t in items], dtype=np.int64),
-        "genes": np.concatenate([t[1] for t in items]).astype(np.int64) if items else np.zeros(0, np.int64),
-        "types": np.concatenate([t[2] for t in items]).astype(np.int8) if items else np.zeros(0, np.int8),
-        "values": np.stack([t[3] for t in items]) if items else np.zeros((0, n_pheno)),
-        "split": None if fast["split"] is None else np.array([t[4] for t in items], dtype=np.int8),
-        "condition": None if fast["condition"] is None else [t[5] for t in items],
-    }
-
-
 def read_gene_sets(path: str | Path, genome: Genome) -> list[tuple[np.ndarray, np.ndarray]]:
     """Read query gene sets: ``(gene indices (int64), types (int8))`` per row of a table.
 
@@ -547,9 +622,13 @@ def read_gene_sets(path: str | Path, genome: Genome) -> list[tuple[np.ndarray, n
     are read (phenotype, split and condition columns are ignored). A bad row raises
     :class:`TableImportError` naming the line.
     """
-    parser, _, lines = _open_table(path, genome, phenotypes=False)
+    parser, _, blocks = _open_table(path, genome, phenotypes=False)
     parser.col.pop("split", None)
-    sets = [(r.genes, r.types) for r in (parser.parse(fields, lineno) for lineno, _, fields in lines)]
+    sets = [
+        (r.genes, r.types)
+        for start, raw in blocks
+        for r in (parser.parse(fields, lineno) for lineno, _, fields in _rows(start, raw))
+    ]
     if not sets:
         raise TableImportError(path, None, "no gene sets in the file (only a header)", "empty")
     return sets
