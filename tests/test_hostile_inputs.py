@@ -7,6 +7,7 @@ import gzip
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,7 +109,7 @@ def test_import_out_is_a_directory_or_the_input(tmp_path, capsys):
     assert t.read_text().startswith("genes")
 
 
-def test_interrupted_import_leaves_no_tmp_and_a_stale_tmp_is_replaced(tmp_path, capsys, monkeypatch):
+def test_interrupted_import_leaves_no_tmp_and_a_stale_tmp_does_not_block(tmp_path, capsys, monkeypatch):
     t = table(tmp_path, "genes\tfitness\nTFC3\t0.5\n")
     out = tmp_path / "o.h5"
 
@@ -119,10 +120,29 @@ def test_interrupted_import_leaves_no_tmp_and_a_stale_tmp_is_replaced(tmp_path, 
     with monkeypatch.context() as m:
         m.setattr(PerturbationData, "_write", killed)
         assert main(["data", "import", str(t), "--out", str(out)]) == 130
-    assert not out.exists() and not (tmp_path / "o.h5.tmp").exists()
-    (tmp_path / "o.h5.tmp").write_bytes(b"left by a killed run")
+    assert not out.exists() and not list(tmp_path.glob("o.h5*tmp"))
+    stale = tmp_path / "o.h5.1.tmp"  # left by a process killed outright
+    stale.write_bytes(b"left by a killed run")
     assert main(["data", "import", str(t), "--out", str(out)]) == 0
-    assert len(PerturbationData.load(out)) == 1 and not (tmp_path / "o.h5.tmp").exists()
+    assert len(PerturbationData.load(out)) == 1 and list(tmp_path.glob("o.h5*tmp")) == [stale]
+
+
+def test_parallel_saves_of_one_file_never_share_a_temporary_file(tmp_path):
+    """Jobs that build the same dataset on first use at once each write their own temporary file."""
+    import multiprocessing as mp
+
+    data = PerturbationData(genes=["TFC3", "ACT1"], offsets=np.array([0, 1, 2]), gene_index=np.array([0, 1]),
+                            types=np.ones(2, dtype=np.int64), phenotypes=np.array([[0.5], [0.7]]),
+                            phenotype_names=["fitness"])  # fmt: skip
+    out = tmp_path / "same.h5"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=data.save, args=(out,)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert len(PerturbationData.load(out)) == 2 and not list(tmp_path.glob("*tmp"))
 
 
 def test_same_gene_set_in_train_and_test_with_different_values_is_reported(tmp_path, capsys):

@@ -23,6 +23,7 @@ In memory a batch is compact (CSR style), never a dense N-length tensor per samp
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -207,14 +208,15 @@ class PerturbationData:
     def save(self, path: str | Path) -> None:
         """Write the HDF5 file (gzip-compressed arrays) atomically.
 
-        The data goes to ``<path>.tmp`` first, which then replaces ``path``; a failed or interrupted write
-        removes it (a ``.tmp`` left by a killed process is overwritten by the next save). An existing
-        ``path`` is untouched until the new file is complete.
+        The data goes to ``<path>.<pid>.tmp`` first, which then replaces ``path``; a failed or interrupted
+        write removes it. An existing ``path`` is untouched until the new file is complete, and processes that
+        save the same file at once (parallel jobs building a dataset on first use) never share a
+        temporary file: the last complete write wins.
         """
         path = Path(path)
         check_output_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")
         try:
             self._write(tmp)
             tmp.replace(path)

@@ -53,12 +53,13 @@ import zlib
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice, repeat
 from pathlib import Path
 
 import numpy as np
 
 from cellformer.data.dataset import Conditions, PerturbationData, PerturbationType
-from cellformer.data.table import FLOAT32_MAX, ImportReport, parse_value
+from cellformer.data.table import _AS_NAN, _MISSING_FAST, FLOAT32_MAX, ImportReport, _floats, parse_value
 from cellformer.errors import UserError
 from cellformer.genome.genome import Genome
 
@@ -365,16 +366,41 @@ class _Builder:
             acc[1] += 1
         report.fitness_observations += 1
 
+    def add_fitness_sum(self, gene: int, ptype: int, allele_class: str, condition: str, total: float, n: int) -> None:
+        """Add ``n`` finite observations summing to ``total`` of one gene's fitness (the counts are the caller's)."""
+        key = ((gene,), (ptype,), allele_class, condition)
+        acc = self.fitness.get(key)
+        if acc is None:
+            self.fitness[key] = [total, n, [gene], [ptype], condition]
+        else:
+            acc[0] += total
+            acc[1] += n
+
+    def condition_code(self, condition: str) -> int:
+        """The code of an interaction record's condition (codes in order of first appearance)."""
+        code = self.conditions.get(condition)
+        if code is None:
+            code = self.conditions[condition] = len(self.conditions)
+        return code
+
     def add_record(self, genes: list[int], types: list[PerturbationType], condition: str, **phenotypes: float) -> None:
         self.genes.extend(genes)
         self.types.extend(int(t) for t in types)
         self.sizes.append(len(genes))
         for name, column in zip(self.names, self.values, strict=True):
             column.append(phenotypes.get(name, math.nan))
-        code = self.conditions.get(condition)
-        if code is None:
-            code = self.conditions[condition] = len(self.conditions)
-        self.condition_codes.append(code)
+        self.condition_codes.append(self.condition_code(condition))
+
+    def add_records(self, genes: np.ndarray, types: np.ndarray, codes: np.ndarray, columns: dict) -> None:
+        """Add interaction records at once: genes and types (R, s), condition codes (R,), phenotype columns
+        by name (R,) (the others NaN)."""
+        r, size = genes.shape
+        self.genes.frombytes(genes.astype(np.int32).tobytes())
+        self.types.frombytes(types.astype(np.int8).tobytes())
+        self.sizes.frombytes(np.full(r, size, np.int64).tobytes())
+        for name, column in zip(self.names, self.values, strict=True):
+            column.frombytes(np.broadcast_to(np.asarray(columns.get(name, np.nan), np.float32), (r,)).tobytes())
+        self.condition_codes.frombytes(codes.astype(np.int32).tobytes())
 
     def build(
         self, genome: Genome, report: ImportReport, fmt: str, path: Path, with_condition: bool
@@ -455,47 +481,207 @@ def read_costanzo2016(
     ``Arraytype/Temp`` column. The query and array SMF columns give single mutant fitness records,
     averaged per (ORF, allele class, condition) with the count in ``fitness_n``. Rows pairing an ORF with
     itself give no double record (counted in the report). See the module docstring for the full layout.
+
+    The rows are read in blocks (:func:`_costanzo_block`: no Python code per row); a row the block reader
+    cannot vouch for goes through the row reader, which gives the exact error or the same values.
     """
     path = Path(path)
     report = ImportReport(str(path), "costanzo2016")
     b = _Builder(COSTANZO_PHENOTYPES)
     strains = _StrainCache(genome)
-    for lineno, f in _rows(path, COSTANZO_HEADER, report):
-        report.rows += 1
-        try:
-            if len(f) != len(COSTANZO_HEADER):
-                raise _RowError(f"expected {len(COSTANZO_HEADER)} tab-separated columns, got {len(f)}")
-            (q, qts, qidx), (a, ats, aidx) = strains(f[0], f[1]), strains(f[2], f[3])
-            for s in (q, a):
-                if len(s.orfs) != 1:
-                    raise _RowError(f"strain id {s.raw!r} names {len(s.orfs)} ORFs; Costanzo strains have one")
-            qt, at = qts[0], ats[0]
-            cond = f[4].strip()
-            eps, p, qsmf, asmf, dmf, dsd = (_number(f[i], COSTANZO_HEADER[i]) for i in range(5, 11))
-        except _RowError as e:
-            _handle_bad(path, lineno, e, skip_bad_rows, report)
+    for start, lines in _line_blocks(path, COSTANZO_HEADER, report):
+        if not _FAST_PATH:
+            for lineno, line in enumerate(lines, start):
+                _costanzo_row(b, strains, genome, report, path, lineno, line, skip_bad_rows)
             continue
-        qi, ai = _map(genome, [q.orfs[0], a.orfs[0]], lineno, report, qidx + aidx)
-        if qi >= 0:
-            b.add_fitness([qi], [qt], q.allele_class, cond, qsmf, report)
-        if ai >= 0:
-            b.add_fitness([ai], [at], a.allele_class, cond, asmf, report)
-        if qi < 0 or ai < 0:
-            continue
-        if qi == ai:
-            report.skip("rows pairing an ORF with itself (no double mutant record)")
-            continue
-        b.add_record(
-            [qi, ai],
-            [qt, at],
-            cond,
-            epsilon=eps,
-            epsilon_pvalue=p,
-            fitness=dmf,
-            fitness_sd=dsd,
-            gi_significant=significance_call(eps, p),
-        )
+        block = _costanzo_block(lines, strains)
+        slow = np.flatnonzero(~block["ok"])
+        edges = [-1, *slow.tolist(), len(lines)]
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):  # runs of fast rows, each then one slow row
+            if hi - lo > 1:
+                _costanzo_add(b, report, block, lo + 1, hi, start)
+            if hi < len(lines):
+                _costanzo_row(b, strains, genome, report, path, start + hi, lines[hi], skip_bad_rows)
     return b.build(genome, report, "costanzo2016", path, with_condition=True), report
+
+
+#: testing aid: ``False`` sends every row of :func:`read_costanzo2016` through the row reader (the reference the
+#: block reader is checked against)
+_FAST_PATH = True
+#: physical lines per block of :func:`read_costanzo2016`
+_BLOCK = 200_000
+
+
+def _line_blocks(path: Path, expected: Sequence[str], report: ImportReport) -> Iterator[tuple[int, list[str]]]:
+    """``(number of the first line, lines without line ends)`` after the header (checked first), in blocks of
+    :data:`_BLOCK` lines; NUL bytes and a truncated ``.gz`` are :class:`ImportFormatError` naming the line."""
+    with _open(path) as fh:
+        lines = _numbered_lines(path, fh)
+        for lineno, raw in lines:
+            fields = raw.rstrip("\r\n").split("\t")
+            if raw.strip():
+                _check_header(path, lineno, fields, expected, report)
+                break
+        else:
+            raise ImportFormatError(path, 1, "empty file (expected a header line)")
+        start, block = lineno + 1, []
+        while True:
+            try:
+                block.extend(islice(fh, _BLOCK))
+            except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+                raise ImportFormatError(path, start + len(block), f"truncated or corrupt gzip file ({exc})") from None
+            if not block:
+                return
+            if any("\x00" in raw for raw in block):
+                at = next(i for i, raw in enumerate(block) if "\x00" in raw)
+                raise ImportFormatError(path, start + at, "contains NUL bytes (is it a binary file?)")
+            yield start, list(map(str.rstrip, block, repeat("\r\n")))
+            start, block = start + len(block), []
+
+
+def _costanzo_row(b, strains, genome, report, path: Path, lineno: int, line: str, skip_bad_rows: bool) -> None:
+    """One data line by the row reader (blank lines are skipped)."""
+    if not line.strip():
+        return
+    f = line.split("\t")
+    report.rows += 1
+    try:
+        if len(f) != len(COSTANZO_HEADER):
+            raise _RowError(f"expected {len(COSTANZO_HEADER)} tab-separated columns, got {len(f)}")
+        (q, qts, qidx), (a, ats, aidx) = strains(f[0], f[1]), strains(f[2], f[3])
+        for s in (q, a):
+            if len(s.orfs) != 1:
+                raise _RowError(f"strain id {s.raw!r} names {len(s.orfs)} ORFs; Costanzo strains have one")
+        qt, at = qts[0], ats[0]
+        cond = f[4].strip()
+        eps, p, qsmf, asmf, dmf, dsd = (_number(f[i], COSTANZO_HEADER[i]) for i in range(5, 11))
+    except _RowError as e:
+        _handle_bad(path, lineno, e, skip_bad_rows, report)
+        return
+    qi, ai = _map(genome, [q.orfs[0], a.orfs[0]], lineno, report, qidx + aidx)
+    if qi >= 0:
+        b.add_fitness([qi], [qt], q.allele_class, cond, qsmf, report)
+    if ai >= 0:
+        b.add_fitness([ai], [at], a.allele_class, cond, asmf, report)
+    if qi < 0 or ai < 0:
+        return
+    if qi == ai:
+        report.skip("rows pairing an ORF with itself (no double mutant record)")
+        return
+    b.add_record([qi, ai], [qt, at], cond, epsilon=eps, epsilon_pvalue=p, fitness=dmf, fitness_sd=dsd,
+                 gi_significant=significance_call(eps, p))  # fmt: skip
+
+
+def _costanzo_block(lines: list[str], strains: _StrainCache) -> dict:
+    """Parse a block of data lines at once: per line whether the block reader vouches for it (``ok``) and, for
+    every line, the query and array strains' genome index, type, allele class and ORF, the condition and
+    the six numbers. A line is left to the row reader when it is blank, has another number of fields, names
+    a strain that does not parse (or has more than one ORF), or has a number that is not a plain finite
+    float32 or a usual missing-value spelling."""
+    n, width = len(lines), len(COSTANZO_HEADER)
+    tabs = np.fromiter(map(str.count, lines, repeat("\t")), np.int64, n)
+    ok = (tabs == width - 1) & ~np.fromiter(map(str.isspace, lines), bool, n)
+    rows = np.flatnonzero(ok)
+    fields = "\t".join(map(lines.__getitem__, rows.tolist())).split("\t") if len(rows) else []
+    m = len(rows)
+    good = np.ones(m, dtype=bool)
+    strain_code: dict[tuple[str, str], int] = {}
+    table: list[tuple] = []  # per distinct strain: (ok, genome index, type, allele class, ORF)
+    codes = []
+    for c in (0, 2):
+        keys = list(zip(fields[c::width], fields[c + 1 :: width], strict=True))
+        for key in set(keys) - strain_code.keys():
+            strain_code[key] = len(table)
+            try:
+                strain, types, idx = strains(*key)
+                table.append((len(strain.orfs) == 1, idx[0], int(types[0]), strain.allele_class, strain.orfs[0]))
+            except _RowError:
+                table.append((False, -1, 0, "", ""))
+        codes.append(np.fromiter(map(strain_code.__getitem__, keys), np.int64, m))
+    strain_ok = np.array([t[0] for t in table] or [True], dtype=bool)
+    for code in codes:
+        good &= strain_ok[code]
+    values = np.empty((m, 6))
+    for j, c in enumerate(range(5, 11)):
+        cells = fields[c::width]
+        missing = np.fromiter(map(_MISSING_FAST.__contains__, cells), bool, m)
+        values[:, j] = _floats(list(map(_AS_NAN.get, cells, cells)))
+        good &= missing | (np.abs(values[:, j]) <= FLOAT32_MAX)
+    ok[rows[~good]] = False
+    full = np.zeros(n, dtype=np.int64)
+    out = {"ok": ok, "table": table, "rows": rows, "values": np.full((n, 6), np.nan)}
+    for name, code in zip(("query", "array"), codes, strict=True):
+        full[rows] = code
+        out[name] = full.copy()
+    out["values"][rows] = values
+    out["condition"] = [""] * n
+    for r, cond in zip(rows.tolist(), map(str.strip, fields[4::width]), strict=True):
+        out["condition"][r] = cond
+    return out
+
+
+def _costanzo_add(b: _Builder, report: ImportReport, block: dict, lo: int, hi: int, start: int) -> None:
+    """Add the block's lines ``lo..hi-1`` (all vouched for) as the row reader would, in one pass of array
+    operations: fitness observations in order of first appearance, the rows' records in file order."""
+    table = block["table"]
+    gene = np.array([t[1] for t in table], dtype=np.int64)
+    ptype = np.array([t[2] for t in table], dtype=np.int64)
+    q, a = block["query"][lo:hi], block["array"][lo:hi]
+    vals = block["values"][lo:hi]
+    conds = block["condition"][lo:hi]
+    m = hi - lo
+    report.rows += m
+    qi, ai = gene[q], gene[a]
+    unmapped = np.flatnonzero((qi < 0) | (ai < 0))
+    if len(unmapped):
+        report.unmapped_rows += len(unmapped)
+        report.skip(_UNMAPPED_SKIP, len(unmapped))
+        for r in unmapped.tolist():
+            for code in (q[r], a[r]):
+                if gene[code] < 0:
+                    report.add_unmapped(start + lo + r, table[code][4])
+    # fitness observations, query then array of each row, only mapped genes; NaN ones are counted and skipped
+    cond_code: dict[str, int] = {}
+    local = _codes(conds, cond_code)
+    strain_obs = np.stack([q, a], 1).ravel()
+    cond_obs = np.repeat(local, 2)
+    value_obs = vals[:, [2, 3]].ravel()
+    mapped = gene[strain_obs] >= 0
+    nan = np.isnan(value_obs) & mapped
+    if nan.any():
+        report.skip("fitness observations missing (NaN) and not averaged", int(nan.sum()))
+    use = mapped & ~nan
+    report.fitness_observations += int(use.sum())
+    key = strain_obs[use] * max(len(cond_code), 1) + cond_obs[use]
+    uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    sums = np.bincount(inverse, value_obs[use], len(uniq))
+    counts = np.bincount(inverse, minlength=len(uniq))
+    names = list(cond_code)
+    for u in np.argsort(first, kind="stable").tolist():
+        code, c = divmod(int(uniq[u]), max(len(cond_code), 1))
+        _, g, t, cls, _ = table[code]
+        b.add_fitness_sum(g, t, cls, names[c], float(sums[u]), int(counts[u]))
+    # records: both mapped and not the same ORF
+    same = (qi == ai) & (qi >= 0)
+    if same.any():
+        report.skip("rows pairing an ORF with itself (no double mutant record)", int(same.sum()))
+    rec = np.flatnonzero((qi >= 0) & (ai >= 0) & ~same)
+    eps, p = vals[rec, 0], vals[rec, 1]
+    columns = {"epsilon": eps, "epsilon_pvalue": p, "fitness": vals[rec, 4], "fitness_sd": vals[rec, 5],
+               "gi_significant": significance_call(eps, p)}  # fmt: skip
+    global_code = np.zeros(len(names), dtype=np.int64)
+    order = np.unique(local[rec], return_index=True)  # conditions in order of first appearance among the records
+    for c in order[0][np.argsort(order[1])].tolist():
+        global_code[c] = b.condition_code(names[c])
+    b.add_records(np.stack([qi[rec], ai[rec]], 1), np.stack([ptype[q[rec]], ptype[a[rec]]], 1), global_code[local[rec]],
+                  columns)  # fmt: skip
+
+
+def _codes(values: list[str], code: dict[str, int]) -> np.ndarray:
+    """Codes of ``values`` in order of first appearance (``code`` is filled in)."""
+    for v in dict.fromkeys(values):
+        code.setdefault(v, len(code))
+    return np.fromiter(map(code.__getitem__, values), np.int64, len(values))
 
 
 # ---------------------------------------------------------------------- Kuzmin 2018 / 2020
