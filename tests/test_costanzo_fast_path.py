@@ -36,8 +36,8 @@ def _strain(rng: np.random.Generator) -> tuple[str, str]:
         return f"UNKNOWN{rng.integers(4)}_sn9", "u"  # not in the genome
     i = int(rng.integers(N_GENES))
     name = [f"G{i}", f"g{i}"] + ([f"Ali{i}", f"ALI{i}"] if i % 3 == 0 else [])
-    cls = ["sn", "dma", "tsq", "tsa", "damp"][rng.integers(5)]
-    return f"{name[rng.integers(len(name))]}_{cls}{rng.integers(3)}", f"allele{i}"
+    cls = ["sn", "dma", "tsq", "tsa", "damp", "tm", "xx"][rng.integers(7)]  # tm: typed by the allele name
+    return f"{name[rng.integers(len(name))]}_{cls}{rng.integers(3)}", f"allele{i}{'-1' if rng.random() < 0.5 else ''}"
 
 
 def _number(rng: np.random.Generator) -> str:

@@ -532,7 +532,7 @@ def _line_blocks(path: Path, expected: Sequence[str], report: ImportReport) -> I
                 raise ImportFormatError(path, start + len(block), f"truncated or corrupt gzip file ({exc})") from None
             if not block:
                 return
-            if any("\x00" in raw for raw in block):
+            if any(map(str.__contains__, block, repeat("\x00"))):
                 at = next(i for i, raw in enumerate(block) if "\x00" in raw)
                 raise ImportFormatError(path, start + at, "contains NUL bytes (is it a binary file?)")
             yield start, list(map(str.rstrip, block, repeat("\r\n")))
@@ -574,33 +574,36 @@ def _costanzo_row(b, strains, genome, report, path: Path, lineno: int, line: str
 
 def _costanzo_block(lines: list[str], strains: _StrainCache) -> dict:
     """Parse a block of data lines at once: per line whether the block reader vouches for it (``ok``) and, for
-    every line, the query and array strains' genome index, type, allele class and ORF, the condition and
-    the six numbers. A line is left to the row reader when it is blank, has another number of fields, names
-    a strain that does not parse (or has more than one ORF), or has a number that is not a plain finite
-    float32 or a usual missing-value spelling."""
+    the lines with the header's width (``rows``), the query and array strain codes into ``table``, the
+    condition codes into ``conditions`` and the six numbers. A line is left to the row reader when it is
+    blank, has another number of fields, names a strain that does not parse, has more than one ORF or an
+    allele class whose type depends on the allele name, or has a number that is not a plain finite float32
+    or a usual missing-value spelling."""
     n, width = len(lines), len(COSTANZO_HEADER)
     tabs = np.fromiter(map(str.count, lines, repeat("\t")), np.int64, n)
     ok = (tabs == width - 1) & ~np.fromiter(map(str.isspace, lines), bool, n)
     rows = np.flatnonzero(ok)
-    fields = "\t".join(map(lines.__getitem__, rows.tolist())).split("\t") if len(rows) else []
     m = len(rows)
+    fields = "\t".join(map(lines.__getitem__, rows.tolist())).split("\t") if m else []
     good = np.ones(m, dtype=bool)
-    strain_code: dict[tuple[str, str], int] = {}
-    table: list[tuple] = []  # per distinct strain: (ok, genome index, type, allele class, ORF)
+    code: dict[str, int] = {}
+    table: list[tuple] = []  # per distinct strain id: (ok, genome index, type, allele class, ORF)
     codes = []
     for c in (0, 2):
-        keys = list(zip(fields[c::width], fields[c + 1 :: width], strict=True))
-        for key in set(keys) - strain_code.keys():
-            strain_code[key] = len(table)
+        ids = fields[c::width]
+        allele = dict(zip(ids, fields[c + 1 :: width], strict=True))  # (any) allele name of each id
+        for key in allele.keys() - code.keys():
+            code[key] = len(table)
             try:
-                strain, types, idx = strains(*key)
-                table.append((len(strain.orfs) == 1, idx[0], int(types[0]), strain.allele_class, strain.orfs[0]))
+                strain, types, idx = strains(key, allele[key])
+                vouched = len(strain.orfs) == 1 and strain.allele_class in ALLELE_CLASS_TYPES
+                table.append((vouched, idx[0], int(types[0]), strain.allele_class, strain.orfs[0]))
             except _RowError:
                 table.append((False, -1, 0, "", ""))
-        codes.append(np.fromiter(map(strain_code.__getitem__, keys), np.int64, m))
-    strain_ok = np.array([t[0] for t in table] or [True], dtype=bool)
-    for code in codes:
-        good &= strain_ok[code]
+        codes.append(np.fromiter(map(code.__getitem__, ids), np.int64, m))
+    vouched = np.array([t[0] for t in table] or [True], dtype=bool)
+    for c in codes:
+        good &= vouched[c]
     values = np.empty((m, 6))
     for j, c in enumerate(range(5, 11)):
         cells = fields[c::width]
@@ -608,27 +611,20 @@ def _costanzo_block(lines: list[str], strains: _StrainCache) -> dict:
         values[:, j] = _floats(list(map(_AS_NAN.get, cells, cells)))
         good &= missing | (np.abs(values[:, j]) <= FLOAT32_MAX)
     ok[rows[~good]] = False
-    full = np.zeros(n, dtype=np.int64)
-    out = {"ok": ok, "table": table, "rows": rows, "values": np.full((n, 6), np.nan)}
-    for name, code in zip(("query", "array"), codes, strict=True):
-        full[rows] = code
-        out[name] = full.copy()
-    out["values"][rows] = values
-    out["condition"] = [""] * n
-    for r, cond in zip(rows.tolist(), map(str.strip, fields[4::width]), strict=True):
-        out["condition"][r] = cond
-    return out
+    conditions: dict[str, int] = {}
+    cond = _codes(list(map(str.strip, fields[4::width])), conditions)
+    return {"ok": ok, "rows": rows, "table": table, "query": codes[0], "array": codes[1], "values": values,
+            "condition": cond, "conditions": list(conditions)}  # fmt: skip
 
 
 def _costanzo_add(b: _Builder, report: ImportReport, block: dict, lo: int, hi: int, start: int) -> None:
     """Add the block's lines ``lo..hi-1`` (all vouched for) as the row reader would, in one pass of array
     operations: fitness observations in order of first appearance, the rows' records in file order."""
-    table = block["table"]
+    table, names = block["table"], block["conditions"]
     gene = np.array([t[1] for t in table], dtype=np.int64)
     ptype = np.array([t[2] for t in table], dtype=np.int64)
-    q, a = block["query"][lo:hi], block["array"][lo:hi]
-    vals = block["values"][lo:hi]
-    conds = block["condition"][lo:hi]
+    at = slice(int(np.searchsorted(block["rows"], lo)), int(np.searchsorted(block["rows"], hi)))
+    q, a, vals, local = block["query"][at], block["array"][at], block["values"][at], block["condition"][at]
     m = hi - lo
     report.rows += m
     qi, ai = gene[q], gene[a]
@@ -637,12 +633,10 @@ def _costanzo_add(b: _Builder, report: ImportReport, block: dict, lo: int, hi: i
         report.unmapped_rows += len(unmapped)
         report.skip(_UNMAPPED_SKIP, len(unmapped))
         for r in unmapped.tolist():
-            for code in (q[r], a[r]):
-                if gene[code] < 0:
-                    report.add_unmapped(start + lo + r, table[code][4])
+            for c in (q[r], a[r]):
+                if gene[c] < 0:
+                    report.add_unmapped(start + lo + r, table[c][4])
     # fitness observations, query then array of each row, only mapped genes; NaN ones are counted and skipped
-    cond_code: dict[str, int] = {}
-    local = _codes(conds, cond_code)
     strain_obs = np.stack([q, a], 1).ravel()
     cond_obs = np.repeat(local, 2)
     value_obs = vals[:, [2, 3]].ravel()
@@ -652,13 +646,12 @@ def _costanzo_add(b: _Builder, report: ImportReport, block: dict, lo: int, hi: i
         report.skip("fitness observations missing (NaN) and not averaged", int(nan.sum()))
     use = mapped & ~nan
     report.fitness_observations += int(use.sum())
-    key = strain_obs[use] * max(len(cond_code), 1) + cond_obs[use]
+    key = strain_obs[use] * max(len(names), 1) + cond_obs[use]
     uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     sums = np.bincount(inverse, value_obs[use], len(uniq))
     counts = np.bincount(inverse, minlength=len(uniq))
-    names = list(cond_code)
     for u in np.argsort(first, kind="stable").tolist():
-        code, c = divmod(int(uniq[u]), max(len(cond_code), 1))
+        code, c = divmod(int(uniq[u]), max(len(names), 1))
         _, g, t, cls, _ = table[code]
         b.add_fitness_sum(g, t, cls, names[c], float(sums[u]), int(counts[u]))
     # records: both mapped and not the same ORF
