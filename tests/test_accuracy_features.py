@@ -355,6 +355,53 @@ def test_cross_fitted_additive_solves_the_ridge_problem_and_never_sees_a_trainin
     assert (full[:, 2:] == 1).all()  # every member of every record has training records
 
 
+@pytest.mark.parametrize("bins", ["dense", "sorted"])
+def test_cross_fitted_additive_fold_fits_and_penalty_match_the_dense_solution(monkeypatch, bins):
+    """Every fold's fit equals the dense ridge solution without that fold, records with heterologous members
+    count only their base-genome members, and λ is the grid point of least out-of-fold error; the same with
+    the Gram pattern found by sorting instead of counting into bins, and held sparse instead of dense."""
+    import cellformer.models.baselines.additive as additive
+    from cellformer.models.baselines.additive import CrossFittedAdditive, set_folds
+
+    if bins == "sorted":
+        monkeypatch.setattr(additive, "DENSE_BINS", 0)
+        monkeypatch.setattr(additive, "DENSE_SHARE", 2.0)
+    data, rows = additive_toy()
+    gene_index = data.gene_index.copy()
+    gene_index[data.offsets[N + 7]] = N  # a heterologous member (index N: outside the base genome)
+    data = PerturbationData(**{**data.__dict__, "gene_index": gene_index, "genes": data.genes + ["GFP"]})
+    penalties = (0.1, 3.0, 300.0)
+    est = CrossFittedAdditive(N, data.phenotype_names, folds=3, penalties=penalties)
+    mean, std = np.nanmean(data.phenotypes, 0), np.nanstd(data.phenotypes, 0)
+    est.fit(data, rows, data.phenotype_names, mean, std)
+    X = np.zeros((len(rows), N))
+    for r in rows:
+        g = gene_index[data.offsets[r] : data.offsets[r + 1]]
+        X[r, g[g < N]] = 1
+    gi, ptr = torch.as_tensor(gene_index.astype(np.int64)), torch.as_tensor(data.offsets)
+    batch = torch.repeat_interleave(torch.arange(len(rows)), ptr[1:] - ptr[:-1])
+    fold = set_folds(gi, batch, len(rows), 3).numpy()
+    target = (data.phenotypes[:, 1] - mean[1]) / std[1]
+    Z = np.c_[np.ones(len(rows)), X.sum(1), X]
+
+    def ridge(sel: np.ndarray, lam: float) -> np.ndarray:
+        return np.linalg.solve(Z[sel].T @ Z[sel] + np.diag(np.r_[1e-8, 1e-8, np.full(N, lam)]), Z[sel].T @ target[sel])
+
+    errors = []
+    for lam in penalties:
+        pred = np.zeros(len(rows))
+        for f in range(3):
+            pred[fold == f] = Z[fold == f] @ ridge(fold != f, lam)
+        errors.append(np.sum((pred - target) ** 2))
+    lam = penalties[int(np.argmin(errors))]
+    assert float(est.penalty[1]) == pytest.approx(lam)
+    for f, sel in enumerate([fold != 0, fold != 1, fold != 2, np.ones(len(rows), bool)]):
+        w = ridge(sel, lam)
+        np.testing.assert_allclose(est.effect[f].view(N, -1, 2)[:, 1, 1].numpy(), w[2:], atol=1e-4)
+        assert float(est.slope[f, 1]) == pytest.approx(w[1], abs=1e-4)
+        assert float(est.bias[f, 1]) == pytest.approx(w[0], abs=1e-4)
+
+
 def test_cross_fitted_additive_estimate_tracks_the_truth_and_reaches_the_readout():
     """On a log-additive toy the estimate correlates with held-out fitness; CellFormer gets 2P more readout
     inputs, a heterologous or unmeasured member counts as not measured, and the fit survives a checkpoint."""

@@ -28,7 +28,7 @@ import re
 import numpy as np
 import scipy.sparse as sp
 import torch
-from scipy.sparse.linalg import cg
+from scipy.sparse.linalg import LinearOperator, cg
 from torch import nn
 
 from cellformer.data.dataset import NUM_PERTURBATION_TYPES, PerturbationBatch, PerturbationData
@@ -118,45 +118,125 @@ def set_folds(gene_index: torch.Tensor, batch: torch.Tensor, num_sets: int, fold
     return total % folds
 
 
-def ridge_gram(X: sp.csr_matrix, target: np.ndarray, rows: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
-    """Normal equations ``(ZᵀZ, Zᵀt)`` of ``target ≈ b + μ·|S| + Σ_{i∈S} δ_i`` on boolean ``rows``, with
-    ``Z = [X | |S| | 1]`` (``X`` (R, K) marks the members). Sums over rows: the Gram of a union of disjoint
-    row sets is the sum of theirs, so cross-fitting needs one Gram per fold."""
-    Xt, t = X[rows], target[rows]
-    size = np.asarray(Xt.sum(axis=1)).ravel()
-    Z = sp.hstack([Xt, sp.csr_matrix(np.c_[size, np.ones_like(size)])]).tocsr()  # last columns: μ and b
-    return (Z.T @ Z).tocsr(), Z.T @ t
+#: a Gram pattern over K columns is found by counting into K² bins up to this many bins (else by sorting keys)
+DENSE_BINS = 1 << 26
+#: a fit's Gram is held as a dense matrix when more than this share of its entries is in the pattern
+DENSE_SHARE = 0.25
 
 
-def ridge_solve(gram: sp.csr_matrix, rhs: np.ndarray, lam: float) -> tuple[np.ndarray, float, float]:
-    """Solve ``(ZᵀZ + λ·diag(1…1, 0, 0)) w = Zᵀt`` by Jacobi-preconditioned conjugate gradients.
+class RidgeProblem:
+    """The normal equations of ``target ≈ b + μ·|S| + Σ_{i∈S} δ_i`` over records of 0..``MAX`` columns, for the
+    fits that leave one fold of the records out (cross-fitting) and the fit on all of them.
 
-    Only the deviations ``δ`` are penalised: a gene is shrunk towards the average gene effect ``μ``, not
-    towards 0, so sets of different sizes stay on one scale (``μ`` and ``b`` get a 1e-8 ridge for stability).
-    Returns ``(δ (K,), μ, b)``.
+    ``members`` maps a set size s to the (R_s, s) columns (in ``[0, k)``) of the records with that many
+    columns, ``target`` and ``fold`` map it to those records' (R_s,) targets and folds. The ``δ`` block of
+    the Gram has one pattern for every fit (that of all records): the ordered member pairs of every record
+    are coded into it once (by counting into K² bins when :data:`DENSE_BINS` allows, else by sorting), and
+    a fit's Gram is one ``bincount`` of the codes of its records, held dense when fuller than :data:`DENSE_SHARE`.
+    The ``μ`` and ``b`` rows are vectors. :meth:`solve` keeps the last fit's system for the next λ.
     """
-    k = gram.shape[0] - 2
-    A = (gram + sp.diags(np.r_[np.full(k, lam), 1e-8, 1e-8])).tocsr()
-    jacobi = sp.diags(1.0 / A.diagonal())  # the μ and b columns are far larger than a gene's: precondition
-    sol, info = cg(A, rhs, rtol=1e-8, maxiter=20000, M=jacobi)
-    if info:
-        raise RuntimeError(f"ridge_fit: conjugate gradients did not converge ({info} iterations)")
-    return sol[:-2], float(sol[-2]), float(sol[-1])
+
+    def __init__(self, members: dict, target: dict, fold: dict, k: int):
+        self.k, self.members, self.target, self.fold = k, members, target, fold
+        keys = {s: (m[:, :, None] * k + m[:, None, :]).reshape(len(m), -1) for s, m in members.items() if s}
+        self.codes: dict[int, np.ndarray] = {}
+        if not keys:
+            pattern = np.zeros(0, np.int64)
+        elif k * k <= DENSE_BINS:
+            seen = np.zeros(k * k, dtype=bool)
+            for kk in keys.values():
+                seen[kk.ravel()] = True
+            pattern = np.flatnonzero(seen)
+            position = np.zeros(k * k, dtype=np.int32)
+            position[pattern] = np.arange(len(pattern), dtype=np.int32)
+            self.codes = {s: position[kk] for s, kk in keys.items()}
+        else:
+            pattern, inverse = np.unique(np.concatenate([kk.ravel() for kk in keys.values()]), return_inverse=True)
+            lo = 0
+            for s, kk in keys.items():
+                self.codes[s] = inverse[lo : lo + kk.size].reshape(kk.shape).astype(np.int32)
+                lo += kk.size
+        self.pattern = pattern
+        self.dense = len(pattern) > DENSE_SHARE * k * k
+        self._system: tuple | None = None
+        self._total: list | None = None
+
+    def _sums(self, fold: int | None) -> list:
+        """Gram values on the pattern, Σ size and Σ 1 per column, (Σ size², Σ size, records) and the right-hand
+        side over the records of ``fold`` (None: all)."""
+        k, nnz = self.k, len(self.pattern)
+        values, size_col, count_col = np.zeros(nnz), np.zeros(k), np.zeros(k)
+        scalars, rhs = np.zeros(3), np.zeros(k + 2)
+        for s, m in self.members.items():
+            sel = slice(None) if fold is None else self.fold[s] == fold
+            t = self.target[s][sel]
+            if s:
+                values += np.bincount(self.codes[s][sel].ravel(), minlength=nnz)
+                cols = m[sel].ravel()
+                counts = np.bincount(cols, minlength=k)
+                size_col += s * counts
+                count_col += counts
+                rhs[:k] += np.bincount(cols, np.repeat(t, s), minlength=k)
+            scalars += [s * s * len(t), s * len(t), len(t)]
+            rhs[k:] += [s * t.sum(), t.sum()]
+        return [values, size_col, count_col, scalars, rhs]
+
+    def system(self, leave_out: int | None) -> tuple:
+        """``(Gram of δ, its diagonal, Σ size and Σ 1 per column, (Σ size², Σ size, records), right-hand side)``
+        of the fit on every fold but ``leave_out`` (None: all): the sums over all records minus the fold's."""
+        if self._system is not None and self._system[0] == leave_out:
+            return self._system[1]
+        if self._total is None:
+            self._total = self._sums(None)
+        sums = self._total
+        if leave_out is not None:
+            sums = [a - b for a, b in zip(self._total, self._sums(leave_out), strict=True)]
+        values, size_col, count_col, scalars, rhs = sums
+        k = self.k
+        diagonal = values[np.searchsorted(self.pattern, np.arange(k) * (k + 1))] if len(values) else np.zeros(k)
+        if self.dense:
+            gram = np.zeros(k * k)
+            gram[self.pattern] = values
+            gram = gram.reshape(k, k)
+        else:
+            rows = self.pattern // k
+            gram = sp.csr_matrix((values, self.pattern % k, np.searchsorted(rows, np.arange(k + 1))), shape=(k, k))
+        out = (gram, diagonal, size_col, count_col, scalars, rhs)
+        self._system = (leave_out, out)
+        return out
+
+    def solve(self, leave_out: int | None, lam: float, x0: np.ndarray | None = None) -> np.ndarray:
+        """``(δ (K,), μ, b)`` as one vector: the fit on every fold but ``leave_out`` (None: all), ridge ``λ`` on
+        ``δ`` (``μ`` and ``b`` get 1e-8 for stability), by Jacobi-preconditioned conjugate gradients from
+        ``x0``. Every column must occur in some record (its δ is then 0 where it occurs in none of the fit's)."""
+        gram, diagonal, size_col, count_col, (s2, s1, n), rhs = self.system(leave_out)
+        k = self.k
+
+        def matvec(x: np.ndarray) -> np.ndarray:
+            x = np.asarray(x).ravel()
+            d, mu, b = x[:k], x[k], x[k + 1]
+            top = gram @ d + lam * d + size_col * mu + count_col * b
+            return np.r_[top, size_col @ d + (s2 + 1e-8) * mu + s1 * b, count_col @ d + s1 * mu + (n + 1e-8) * b]
+
+        diag = np.r_[diagonal + lam, s2 + 1e-8, n + 1e-8]  # μ and b are far larger than a δ: precondition
+        op = LinearOperator((k + 2, k + 2), matvec=matvec, dtype=np.float64)
+        jacobi = LinearOperator((k + 2, k + 2), matvec=lambda x: np.asarray(x).ravel() / diag, dtype=np.float64)
+        sol, info = cg(op, rhs, x0=x0, rtol=1e-8, maxiter=20000, M=jacobi)
+        if info:
+            raise RuntimeError(f"ridge fit: conjugate gradients did not converge ({info} iterations)")
+        return sol
 
 
-def ridge_fit(X: sp.csr_matrix, target: np.ndarray, rows: np.ndarray, lam: float) -> tuple[np.ndarray, float, float]:
-    """Ridge fit of ``target ≈ b + μ·|S| + Σ_{i∈S} δ_i`` on boolean ``rows`` (:func:`ridge_gram`,
-    :func:`ridge_solve`). Returns ``(δ (K,), μ, b)``; all zeros without rows."""
-    if not rows.any():
-        return np.zeros(X.shape[1]), 0.0, 0.0
-    return ridge_solve(*ridge_gram(X, target, rows), lam)
+def _member_positions(offsets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Positions in ``gene_index`` of the members of records starting at ``offsets`` with ``sizes``."""
+    return np.repeat(offsets - np.r_[0, np.cumsum(sizes)[:-1]], sizes) + np.arange(int(sizes.sum()))
 
 
 class CrossFittedAdditive(nn.Module):
     """The additive model solved in closed form (ridge) and cross-fitted: an estimate a model can read.
 
     Per phenotype ``p`` and (gene, perturbation type) ``i``, effects ``a_ip = μ_p + δ_ip`` solve the ridge
-    problem ``min Σ_r (t_rp − b_p − Σ_{i∈S_r} a_ip)² + λ_p Σ_i δ_ip²`` (:func:`ridge_fit`: genes shrink
+    problem ``min Σ_r (t_rp − b_p − Σ_{i∈S_r} a_ip)² + λ_p Σ_i δ_ip²`` (:class:`RidgeProblem`: genes shrink
     towards the average gene ``μ_p``) over the training records measuring ``p``,
     where ``t`` is ``log max(y, floor)`` for ``multiplicative`` phenotypes (the estimate is then
     ``exp(b + Σ a)``, the product of per-gene fitnesses) and the standardised value otherwise (see
@@ -203,64 +283,83 @@ class CrossFittedAdditive(nn.Module):
     def fit(self, data: PerturbationData, rows: np.ndarray, phenotype_names: list[str], mean, std) -> None:
         """Fit every fold and the full model on training ``rows`` of ``data``; ``mean``/``std`` (P,) are the
         model's target scaling (standardised = (y − mean) / std)."""
-        records = data.subset(np.sort(np.asarray(rows, dtype=np.int64)))
-        genes = torch.from_numpy(records.gene_index.astype(np.int64))
-        batch = torch.from_numpy(np.repeat(np.arange(len(records)), records.set_sizes))
-        key, known = self.keys(genes, torch.from_numpy(records.types.astype(np.int64)))
-        fold = set_folds(genes, batch, len(records), self.folds).numpy()
-        k = known.numpy()
-        X = sp.csr_matrix(
-            (np.ones(int(k.sum())), (batch.numpy()[k], key.numpy()[k])), shape=(len(records), self.effect.shape[1])
-        )
+        rows = np.sort(np.asarray(rows, dtype=np.int64))
+        sizes = data.set_sizes[rows]
+        genes = data.gene_index[_member_positions(data.offsets[rows], sizes)].astype(np.int64)
+        batch = np.repeat(np.arange(len(rows)), sizes)
+        key, known = (x.numpy() for x in self.keys(torch.from_numpy(genes), torch.from_numpy(
+            data.types[_member_positions(data.offsets[rows], sizes)].astype(np.int64))))  # fmt: skip
+        fold = set_folds(torch.from_numpy(genes), torch.from_numpy(batch), len(rows), self.folds).numpy()
+        # the records by their number of base-genome members s: (R_s, s) member columns, record numbers
+        n_known = np.bincount(batch[known], minlength=len(rows))
+        if not known.all():
+            key = key[np.lexsort((~known, batch))]  # each record's base-genome members first, in order
+        start = np.r_[0, np.cumsum(sizes)[:-1]]
+        groups = {}
+        for c in np.unique(n_known).tolist():
+            recs = np.flatnonzero(n_known == c)
+            groups[c] = (recs, key[start[recs][:, None] + np.arange(c)])
         cols = [data.phenotype_names.index(n) for n in phenotype_names]
         mean, std = (np.asarray(torch.as_tensor(v).cpu(), dtype=np.float64) for v in (mean, std))
-        raw = records.phenotypes[:, cols].astype(np.float64)
-        size = np.asarray(X.sum(axis=1)).ravel()  # members with a column
-        for p in range(len(cols)):
+        self.effect.zero_()
+        self.measured.zero_()
+        for p, col in enumerate(cols):
+            raw = data.phenotypes[rows, col].astype(np.float64)
             mult = bool(self.multiplicative[p])
-            target = np.log(np.maximum(raw[:, p], self.floor)) if mult else (raw[:, p] - mean[p]) / std[p]
-            has = ~np.isnan(target)
+            target = np.log(np.maximum(raw, self.floor)) if mult else (raw - mean[p]) / std[p]
+            self._fit_phenotype(p, groups, target, fold, mean[p], std[p], mult)
 
-            def standardised(t: np.ndarray, p: int = p, mult: bool = mult) -> np.ndarray:
-                return (np.exp(np.minimum(t, 10.0)) - mean[p]) / std[p] if mult else t
+    def _fit_phenotype(self, p: int, groups: dict, target: np.ndarray, fold: np.ndarray, mean: float, std: float,
+                       mult: bool) -> None:  # fmt: skip
+        """Cross-fit phenotype ``p``: λ by the out-of-fold error of the estimate in standardised units."""
 
-            fits_by = self._fold_fits(X, target, has, fold)
-            Xh, fh, th = X[has], fold[has], standardised(target[has])
-            best = None
-            for lam in self.penalties:  # λ by out-of-fold error of the estimate in standardised units
-                fits = [fits_by(f, lam) for f in range(self.folds)]
-                # every measured record scored by every fold's fit in one product; each keeps its own fold's
-                scores = Xh @ np.stack([w for w, _, _ in fits], 1)
-                pred = scores[np.arange(len(fh)), fh] + np.array([mu for _, mu, _ in fits])[fh] * size[has]
-                pred += np.array([b for _, _, b in fits])[fh]
-                err = float(np.sum((standardised(pred) - th) ** 2))
-                if best is None or err < best[0]:
-                    best = (err, lam, fits)
-            _, lam, fits = best
-            fits.append(fits_by(None, lam))
-            in_fold = np.stack([np.asarray(X[has & (fold == f)].sum(axis=0)).ravel() for f in range(self.folds)])
-            for f, (w, mu, b) in enumerate(fits):
-                measured = in_fold.sum(0) - (in_fold[f] if f < self.folds else 0)  # the fit's training records
-                self.effect[f, :, p] = torch.from_numpy(w).float()
-                self.slope[f, p] = mu
-                self.bias[f, p] = b
-                self.measured[f, :, p] = torch.from_numpy(measured > 0)
-            self.penalty[p] = lam
+        def standardised(t: np.ndarray) -> np.ndarray:
+            return (np.exp(np.minimum(t, 10.0)) - mean) / std if mult else t
 
-    def _fold_fits(self, X: sp.csr_matrix, target: np.ndarray, has: np.ndarray, fold: np.ndarray):
-        """``fit(f, λ)``: the ridge fit on the measured records outside fold ``f`` (None: all of them). One
-        Gram per fold is built once; the Gram without fold f is the total minus fold f's."""
-        grams = [ridge_gram(X, target, has & (fold == f)) for f in range(self.folds)]
-        total_gram, total_rhs = sum(g for g, _ in grams), sum(r for _, r in grams)
-
-        def fit(f: int | None, lam: float) -> tuple[np.ndarray, float, float]:
-            if not (has if f is None else has & (fold != f)).any():
-                return np.zeros(X.shape[1]), 0.0, 0.0
-            if f is None:
-                return ridge_solve(total_gram, total_rhs, lam)
-            return ridge_solve(total_gram - grams[f][0], total_rhs - grams[f][1], lam)
-
-        return fit
+        has = ~np.isnan(target)
+        present = np.zeros(self.effect.shape[1], dtype=bool)
+        for recs, m in groups.values():
+            present[m[has[recs]].ravel()] = True
+        used = np.flatnonzero(present)  # the (gene, type) columns of the measured records
+        column = np.cumsum(present) - 1
+        members, targets, folds = {}, {}, {}
+        for c, (recs, m) in groups.items():
+            recs, m = recs[has[recs]], m[has[recs]]
+            if len(recs):
+                members[c], targets[c], folds[c] = column[m], target[recs], fold[recs]
+        self.penalty[p] = self.penalties[0]
+        if not members:
+            return
+        k = len(used)
+        problem = RidgeProblem(members, targets, folds, k)
+        fits = {lam: [] for lam in self.penalties}
+        for f in range(self.folds):  # fold by fold, each λ warm-started from the last
+            x = np.zeros(k + 2)
+            outside = any((fl != f).any() for fl in folds.values())
+            for lam in self.penalties:
+                x = problem.solve(f, lam, x) if outside else np.zeros(k + 2)
+                fits[lam].append(x)
+        best = None
+        for lam in self.penalties:
+            W = np.stack(fits[lam])  # (folds, k + 2): each record scored by the fit that left its fold out
+            err = sum(float(np.sum((standardised(W[folds[c][:, None], m].sum(1) + W[folds[c], k] * c
+                                                 + W[folds[c], k + 1]) - standardised(targets[c])) ** 2))
+                      for c, m in members.items())  # fmt: skip
+            if best is None or err < best[0]:
+                best = (err, lam)
+        lam = best[1]
+        full = problem.solve(None, lam, np.mean(fits[lam], axis=0))
+        in_fold = np.zeros((self.folds, k))
+        for c, m in members.items():
+            for f in range(self.folds):
+                in_fold[f] += np.bincount(m[folds[c] == f].ravel(), minlength=k)
+        for f, w in enumerate([*fits[lam], full]):
+            measured = in_fold.sum(0) - (in_fold[f] if f < self.folds else 0)  # the fit's training records
+            self.effect[f, used, p] = torch.from_numpy(w[:k]).float()
+            self.slope[f, p] = float(w[k])
+            self.bias[f, p] = float(w[k + 1])
+            self.measured[f, used, p] = torch.from_numpy(measured > 0)
+        self.penalty[p] = lam
 
     @torch.no_grad()
     def forward(
