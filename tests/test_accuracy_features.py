@@ -360,12 +360,12 @@ def test_cross_fitted_additive_fold_fits_and_penalty_match_the_dense_solution(mo
     """Every fold's fit equals the dense ridge solution without that fold, records with heterologous members
     count only their base-genome members, and λ is the grid point of least out-of-fold error; the same with
     the Gram pattern found by sorting instead of counting into bins, and held sparse instead of dense."""
-    import cellformer.models.baselines.additive as additive
+    import cellformer.models.pairs as pairs
     from cellformer.models.baselines.additive import CrossFittedAdditive, set_folds
 
     if bins == "sorted":
-        monkeypatch.setattr(additive, "DENSE_BINS", 0)
-        monkeypatch.setattr(additive, "DENSE_SHARE", 2.0)
+        monkeypatch.setattr(pairs, "DENSE_BINS", 0)
+        monkeypatch.setattr(pairs, "DENSE_SHARE", 2.0)
     data, rows = additive_toy()
     gene_index = data.gene_index.copy()
     gene_index[data.offsets[N + 7]] = N  # a heterologous member (index N: outside the base genome)

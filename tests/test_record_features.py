@@ -179,3 +179,24 @@ def test_top_eigenvectors_match_the_dense_decomposition() -> None:
     np.testing.assert_allclose(np.abs(np.sum(vecs * dense_vecs[:, order], axis=0)), 1.0, atol=1e-6)
     again = top_eigenvectors(matrix, k)[1]
     assert np.array_equal(again, vecs)  # deterministic
+
+
+def test_profile_fit_is_the_same_with_dense_or_sparse_pair_matrices(reference, monkeypatch) -> None:
+    """The pair matrices of the profile fit may be dense (a full screen) or sparse, their pattern found by
+    counting into bins or by sorting: the fitted sketch is the same."""
+    import cellformer.models.pairs as pairs
+    from cellformer.models.record_features import InteractionProfiles
+
+    data, train = reference["data"], np.asarray(reference["ref"]["train"])
+    mean, std = np.nanmean(data.phenotypes[train], 0), np.nanstd(data.phenotypes[train], 0)
+    fits = []
+    for bins, share in [(1 << 26, 0.0), (1 << 26, 2.0), (0, 2.0)]:
+        monkeypatch.setattr(pairs, "DENSE_BINS", bins)
+        monkeypatch.setattr(pairs, "DENSE_SHARE", share)
+        prof = InteractionProfiles(N, 2, 4)
+        prof.fit(data, train, [0, 1], mean, std)
+        fits.append(prof)
+    assert fits[0].count.sum() > 0
+    for other in fits[1:]:
+        for name in ("basis", "total", "count", "scale"):
+            np.testing.assert_allclose(getattr(other, name).numpy(), getattr(fits[0], name).numpy(), atol=1e-5)

@@ -45,6 +45,7 @@ gene, get no record-derived values (zeros, has-data flags 0). The set tables hol
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -56,6 +57,7 @@ from torch_geometric.utils import scatter
 from cellformer.data.dataset import PerturbationData
 from cellformer.graphs import GraphSet
 from cellformer.models.head import PerturbationHead
+from cellformer.models.pairs import is_dense, pattern_codes, pattern_matrix
 
 #: padded set width of the batch-side lookups (larger sets get no record-derived values)
 MAX_SET = 4
@@ -137,21 +139,24 @@ class SetTable(nn.Module):
 
     def fit(self, data: PerturbationData, rows: np.ndarray, cols: Sequence[int]) -> None:
         """Aggregate records ``rows`` of ``data`` (phenotype columns ``cols``) by gene set."""
-        keys, values = [], []
+        keys, codes, values, n = [], [], [], self.num_genes
         sizes = data.set_sizes[rows]
         for k in range(1, MAX_TABLE_SET + 1):
             sel = rows[sizes == k]
             if not len(sel):
                 continue
             genes = data.gene_index[data.offsets[sel][:, None] + np.arange(k)].astype(np.int64)
-            base = (genes < self.num_genes).all(1)
-            keys.append(numpy_set_keys(genes[base], self.num_genes))
+            base = (genes < n).all(1)
+            offset = sum(n**t for t in range(1, k))  # sets of one size occupy [offset, offset + n^k)
+            pattern, (code,) = pattern_codes([numpy_set_keys(genes[base], n) - offset], n**k)
+            codes.append(code + sum(len(x) for x in keys))
+            keys.append(pattern + offset)
             values.append(data.phenotypes[sel[base]][:, list(cols)].astype(np.float64))
         p = self.total.shape[1]
         if not keys:
             self.keys, self.total, self.count = torch.zeros(0, dtype=torch.long), torch.zeros(0, p), torch.zeros(0, p)
             return
-        unique, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+        unique, inverse = np.concatenate(keys), np.concatenate(codes)  # sizes in order: the keys stay sorted
         y = np.concatenate(values)
         has = ~np.isnan(y)
         total = np.stack([np.bincount(inverse, np.where(has[:, j], y[:, j], 0.0), len(unique)) for j in range(p)], 1)
@@ -255,16 +260,15 @@ def substitution_estimate(
 
 
 # ---------------------------------------------------------------------- interaction profiles
-def _sym_matrix(genes: np.ndarray, values: np.ndarray, n: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """Symmetric (n, n) matrices of pair values: the mean over duplicate measurements and the sum."""
+def _sym_matrix(genes: np.ndarray, values: np.ndarray, n: int):
+    """Symmetric (n, n) matrices of pair values, the mean over duplicate measurements and the sum: dense or
+    CSR (:func:`~cellformer.models.pairs.pattern_matrix`)."""
     a, b = genes[:, 0], genes[:, 1]
-    total = sp.coo_matrix((np.r_[values, values], (np.r_[a, b], np.r_[b, a])), shape=(n, n)).tocsr()
-    count = sp.coo_matrix((np.ones(2 * len(a)), (np.r_[a, b], np.r_[b, a])), shape=(n, n)).tocsr()
-    total.sum_duplicates()
-    count.sum_duplicates()
-    out = total.copy()
-    out.data = total.data / count.data  # same sparsity pattern and order (both summed from the same coordinates)
-    return out, total
+    pattern, (code,) = pattern_codes([np.r_[a * n + b, b * n + a]], n * n)
+    total = np.bincount(code, np.r_[values, values], len(pattern))
+    count = np.bincount(code, minlength=len(pattern))
+    dense = is_dense(pattern, n)
+    return pattern_matrix(pattern, total / count, n, dense), pattern_matrix(pattern, total, n, dense)
 
 
 #: records per chunk when the profile sums of larger sets are fitted (bounds the fit's memory at any size)
@@ -337,13 +341,13 @@ class InteractionProfiles(nn.Module):
             sel = base & ~np.isnan(y2[:, p])
             means, sums = _sym_matrix(genes[sel], y2[sel, p], n)
             count[:, p] += np.bincount(genes[sel].ravel(), minlength=n)
-            active = np.unique(genes[sel])
+            active = np.flatnonzero(count[:, p] > 0)
             m = min(k, len(active) - 1)
-            matrix = means[active][:, active]
-            if m < 1 or not np.any(matrix.data):
+            matrix = means[np.ix_(active, active)] if isinstance(means, np.ndarray) else means[active][:, active]
+            if m < 1 or not np.any(matrix if isinstance(matrix, np.ndarray) else matrix.data):
                 continue
             if len(active) <= DENSE_EIGEN:  # dense is exact and fast at this size
-                vals, vecs = np.linalg.eigh(matrix.toarray())
+                vals, vecs = np.linalg.eigh(matrix if isinstance(matrix, np.ndarray) else matrix.toarray())
             else:
                 vals, vecs = top_eigenvectors(matrix, m)
             order = np.argsort(-np.abs(vals))[:m]
@@ -410,6 +414,14 @@ class InteractionProfiles(nn.Module):
         if hidden is not None:
             out = out * ~hidden[:, None, None]
         return out.flatten(1)
+
+    def missing(self, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, P·k) bool: profile entries with no measurement behind them in this pass (the gene has no
+        training records of that phenotype, or is ``hidden``), laid out as :meth:`tokens`' output."""
+        none = self.count == 0  # (N, P)
+        if hidden is not None:
+            none = none | hidden[:, None]
+        return none[..., None].expand(-1, -1, self.dim).flatten(1)
 
 
 # ---------------------------------------------------------------------- the readout features
@@ -516,6 +528,22 @@ class RecordFeatures(nn.Module):
             parts.append(self.profiles.tokens(members, sizes, own if batch is not None else None, mean, std, hidden))
         return torch.cat(parts, dim=1)
 
+    def imputation_loss(
+        self,
+        imputed: torch.Tensor,
+        hidden: torch.Tensor,
+        batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        own: torch.Tensor,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+    ) -> torch.Tensor:
+        """Mean squared error of imputed profiles (N, P·k) against the measured ones over the ``hidden`` genes
+        that have a measured profile; the training ``batch``'s own records (values ``own``) are removed from the
+        targets as from the tokens, so no record's label reaches its own prediction through them."""
+        target = self.token_inputs(batch, mean, std, own, None)[:, self.label_features.shape[1] :]
+        use = (~self.profiles.missing(None) & hidden[:, None]).to(imputed.dtype)
+        return ((imputed - target) ** 2 * use).sum() / use.sum().clamp_min(1.0)
+
     # ------------------------------------------------------------------ fitting
     def fit(self, data: PerturbationData, train_rows: np.ndarray, mean, std) -> None:
         """Build every table from the training records ``data[train_rows]``; ``mean``/``std`` (P,) are the model's
@@ -576,11 +604,14 @@ class RecordFeatures(nn.Module):
         training: bool = False,
         hidden: torch.Tensor | None = None,
         token_inputs: torch.Tensor | None = None,
+        imputed: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """(B, :attr:`width`) readout features of a CSR batch (None when every feature is off).
 
         ``token_inputs``: the (N, :attr:`token_width`) per-gene inputs of this pass (:meth:`token_inputs`), whose
         interaction profiles the ``profile_pairs`` feature multiplies (computed afresh when not given).
+        ``imputed`` (N, P·k): profiles predicted for every gene (with gradient); genes without a measured
+        profile in this pass (no records for a phenotype, or ``hidden``) read them in the product instead.
         ``mean``/``std`` (P,): the model's target scaling. ``training``: the sets are training records (a
         single hides its own value; the additive estimate is cross-fitted). ``hidden`` (N,) bool: genes whose
         records are hidden in this step.
@@ -613,11 +644,14 @@ class RecordFeatures(nn.Module):
             if token_inputs is None:
                 token_inputs = self.token_inputs(None, mean, std, hidden=hidden)
             profile = token_inputs[:, self.label_features.shape[1] :]
-            a, b = members[:, _PAIR_I], members[:, _PAIR_J]
-            ok = (known[:, _PAIR_I] & known[:, _PAIR_J]).float()[..., None]
-            n = self.num_genes
-            product = profile[a.clamp(0, n - 1)] * profile[b.clamp(0, n - 1)] * ok  # (B, pairs, P·k)
-            parts.append(product.sum(1) / ok.sum(1).clamp_min(1))
+            with torch.enable_grad() if imputed is not None else contextlib.nullcontext():
+                if imputed is not None:
+                    profile = torch.where(self.profiles.missing(hidden), imputed.to(profile.dtype), profile)
+                a, b = members[:, _PAIR_I], members[:, _PAIR_J]
+                ok = (known[:, _PAIR_I] & known[:, _PAIR_J]).float()[..., None]
+                n = self.num_genes
+                product = profile[a.clamp(0, n - 1)] * profile[b.clamp(0, n - 1)] * ok  # (B, pairs, P·k)
+                parts.append(product.sum(1) / ok.sum(1).clamp_min(1))
         return torch.cat(parts, dim=1)
 
     def _pair_graph(self, members: torch.Tensor, sizes: torch.Tensor, known: torch.Tensor) -> torch.Tensor:

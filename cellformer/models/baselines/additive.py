@@ -26,7 +26,6 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from scipy.sparse.linalg import LinearOperator, cg
 from torch import nn
@@ -36,6 +35,7 @@ from cellformer.errors import UserError
 from cellformer.genome import Genome
 from cellformer.graphs import GraphSet
 from cellformer.models.base import ModelOutput, PhenotypeModel
+from cellformer.models.pairs import is_dense, pattern_codes, pattern_matrix
 
 KINDS = ("multiplicative", "interaction", "additive")
 
@@ -118,12 +118,6 @@ def set_folds(gene_index: torch.Tensor, batch: torch.Tensor, num_sets: int, fold
     return total % folds
 
 
-#: a Gram pattern over K columns is found by counting into K² bins up to this many bins (else by sorting keys)
-DENSE_BINS = 1 << 26
-#: a fit's Gram is held as a dense matrix when more than this share of its entries is in the pattern
-DENSE_SHARE = 0.25
-
-
 class RidgeProblem:
     """The normal equations of ``target ≈ b + μ·|S| + Σ_{i∈S} δ_i`` over records of 0..``MAX`` columns, for the
     fits that leave one fold of the records out (cross-fitting) and the fit on all of them.
@@ -131,33 +125,18 @@ class RidgeProblem:
     ``members`` maps a set size s to the (R_s, s) columns (in ``[0, k)``) of the records with that many
     columns, ``target`` and ``fold`` map it to those records' (R_s,) targets and folds. The ``δ`` block of
     the Gram has one pattern for every fit (that of all records): the ordered member pairs of every record
-    are coded into it once (by counting into K² bins when :data:`DENSE_BINS` allows, else by sorting), and
-    a fit's Gram is one ``bincount`` of the codes of its records, held dense when fuller than :data:`DENSE_SHARE`.
+    are coded into it once (:func:`~cellformer.models.pairs.pattern_codes`), and a fit's Gram is one
+    ``bincount`` of the codes of its records (:func:`~cellformer.models.pairs.pattern_matrix`).
     The ``μ`` and ``b`` rows are vectors. :meth:`solve` keeps the last fit's system for the next λ.
     """
 
     def __init__(self, members: dict, target: dict, fold: dict, k: int):
         self.k, self.members, self.target, self.fold = k, members, target, fold
-        keys = {s: (m[:, :, None] * k + m[:, None, :]).reshape(len(m), -1) for s, m in members.items() if s}
-        self.codes: dict[int, np.ndarray] = {}
-        if not keys:
-            pattern = np.zeros(0, np.int64)
-        elif k * k <= DENSE_BINS:
-            seen = np.zeros(k * k, dtype=bool)
-            for kk in keys.values():
-                seen[kk.ravel()] = True
-            pattern = np.flatnonzero(seen)
-            position = np.zeros(k * k, dtype=np.int32)
-            position[pattern] = np.arange(len(pattern), dtype=np.int32)
-            self.codes = {s: position[kk] for s, kk in keys.items()}
-        else:
-            pattern, inverse = np.unique(np.concatenate([kk.ravel() for kk in keys.values()]), return_inverse=True)
-            lo = 0
-            for s, kk in keys.items():
-                self.codes[s] = inverse[lo : lo + kk.size].reshape(kk.shape).astype(np.int32)
-                lo += kk.size
-        self.pattern = pattern
-        self.dense = len(pattern) > DENSE_SHARE * k * k
+        sizes = [s for s in members if s]
+        keys = [(members[s][:, :, None] * k + members[s][:, None, :]).reshape(len(members[s]), -1) for s in sizes]
+        self.pattern, codes = pattern_codes(keys, k * k)
+        self.codes = dict(zip(sizes, codes, strict=True))
+        self.dense = is_dense(self.pattern, k)
         self._system: tuple | None = None
         self._total: list | None = None
 
@@ -194,13 +173,7 @@ class RidgeProblem:
         values, size_col, count_col, scalars, rhs = sums
         k = self.k
         diagonal = values[np.searchsorted(self.pattern, np.arange(k) * (k + 1))] if len(values) else np.zeros(k)
-        if self.dense:
-            gram = np.zeros(k * k)
-            gram[self.pattern] = values
-            gram = gram.reshape(k, k)
-        else:
-            rows = self.pattern // k
-            gram = sp.csr_matrix((values, self.pattern % k, np.searchsorted(rows, np.arange(k + 1))), shape=(k, k))
+        gram = pattern_matrix(self.pattern, values, k, self.dense)
         out = (gram, diagonal, size_col, count_col, scalars, rhs)
         self._system = (leave_out, out)
         return out
