@@ -200,3 +200,49 @@ def test_profile_fit_is_the_same_with_dense_or_sparse_pair_matrices(reference, m
     for other in fits[1:]:
         for name in ("basis", "total", "count", "scale"):
             np.testing.assert_allclose(getattr(other, name).numpy(), getattr(fits[0], name).numpy(), atol=1e-5)
+
+
+def test_profile_imputation_task_reads_hidden_genes_profiles_without_the_batch_labels(reference) -> None:
+    """``profile_impute``: a training step adds λ · MSE between the profiles read off the encoder output and the
+    measured profiles of the genes hidden in that step (the batch's own records removed from the targets);
+    the gradient reaches the encoder; evaluation has no such term; it needs profile tokens."""
+    from cellformer.errors import UserError
+
+    data = reference["data"]
+    genome = toy_genome(N)
+    graphs = GraphSet([GeneGraph.from_edges("g1", N, reference["ref"]["g1_src"], reference["ref"]["g1_dst"])],
+                      genome.hash)  # fmt: skip
+    with pytest.raises(UserError, match="profile_dim"):
+        build_model("cellformer", genome, graphs, data.phenotype_names, profile_dim=0, profile_impute=1.0)
+    torch.manual_seed(0)
+    model = build_model("cellformer", genome, graphs, data.phenotype_names, d_model=16, n_layers=1, n_heads=2,
+                        profile_dim=4, profile_impute=0.5, identity_dropout=0.5)  # fmt: skip
+    train = np.asarray(reference["ref"]["train"])
+    y = data.phenotypes[train].astype(np.float64)
+    model.set_target_scaling(np.nanmean(y, 0), np.nanstd(y, 0))
+    model.fit_records(data, train)
+    batch = PerturbationDataset(data).collate_rows(train[:64])
+    model.train()
+    out = model(batch)
+    loss = out.losses["profile/impute"]
+    # the term by hand: hidden genes with a measured profile, against targets without the batch's records
+    mean, std = model.target_scaling()
+    own = (batch.gene_index, batch.ptr, batch.batch)
+    width = model.records.label_features.shape[1]
+    target = model.records.token_inputs(own, mean, std, batch.y, None)[:, width:]
+    assert not torch.allclose(target, model.records.token_inputs(None, mean, std)[:, width:])  # labels left
+    hidden = torch.rand(N, generator=torch.Generator().manual_seed(3)) < 0.5
+    use = model.records.profiles.measured() & hidden[:, None]
+    assert 0 < int(use.sum()) < use.numel()
+    guess = torch.randn(N, target.shape[1], generator=torch.Generator().manual_seed(4))
+    expected = ((guess - target)[use] ** 2).mean()
+    got = model.records.imputation_loss(guess, hidden, own, batch.y, mean, std)
+    assert float(got) == pytest.approx(float(expected), rel=1e-5)
+    model.eval()
+    with torch.no_grad():
+        assert "profile/impute" not in model(batch).losses
+    model.train()
+    loss.backward()
+    assert model.profile_head.weight.grad.abs().sum() > 0
+    assert model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert float(loss.detach()) > 0

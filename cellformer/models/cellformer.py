@@ -76,6 +76,9 @@ class CellFormerConfig:
             its training records of two or more genes, from which a training batch's own records are removed;
             :class:`~cellformer.models.record_features.InteractionProfiles`); 0 = none.
         additive_folds: folds of the cross-fitted additive estimate (≥ 2).
+        profile_impute: weight of an auxiliary task (0 = off; needs ``profile_dim``): a linear map reads the
+            interaction profile of every gene hidden in a training step (identity and records) off its encoder
+            output, fitted to its measured one, so the encoder learns to infer a profile from related genes.
         row_seed: seed of the model's own generator (graph rows, identity dropout), so that they never
             shift the global RNG stream that orders batches.
     """
@@ -107,6 +110,7 @@ class CellFormerConfig:
     member_pairs: bool = True
     additive_features: bool = True
     additive_folds: int = 5
+    profile_impute: float = 0.0
     row_seed: int = 0
 
     #: (lowest, highest, whether the highest is allowed) of the numeric fields
@@ -116,7 +120,7 @@ class CellFormerConfig:
         "input_hops": (0, None, True), "structural_dim": (0, None, True), "identity_dropout": (0.0, 1.0, False),
         "identity_init": (0.0, None, True),
         "readout_hidden": (1, None, True), "smoothing_neighbours": (1, None, True), "additive_folds": (2, None, True),
-        "profile_dim": (0, None, True),
+        "profile_dim": (0, None, True), "profile_impute": (0.0, None, True),
     }  # fmt: skip
 
     @classmethod
@@ -134,6 +138,8 @@ class CellFormerConfig:
             raise UserError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.pool not in POOLS:
             raise UserError(f"unknown pool {self.pool!r}; choose one of {', '.join(POOLS)}")
+        if self.profile_impute > 0 and self.profile_dim == 0:
+            raise UserError("profile_impute > 0 imputes interaction profiles: it needs profile_dim > 0")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -160,6 +166,7 @@ class CellFormer(PhenotypeModel):
             if name not in graphs:
                 raise unknown_name_error("graph in graph_inputs", name, graphs.names)
         self.phenotype_names, self.graph_inputs, self.graphs = list(phenotype_names), inputs, graphs
+        self.d_model, self.n_heads, self.n_layers = cfg.d_model, cfg.n_heads, cfg.n_layers
         self.graph_reg = parse_graph_reg(cfg.graph_reg, list(graphs.names), cfg.n_layers, cfg.n_heads)
         self.hparams_dict = cfg.to_dict() | {"graph_reg": {k: c.to_dict() for k, c in self.graph_reg.items()},
                                              "graph_inputs": inputs}  # fmt: skip
@@ -184,6 +191,8 @@ class CellFormer(PhenotypeModel):
             d, len(self.phenotype_names), cfg.pool, cfg.dropout, self.num_genes, cfg.pair_features, cfg.additive_path,
             n_extra=self.records.width, readout_hidden=cfg.readout_hidden, gated_readout=cfg.gated_readout,
         )  # fmt: skip
+        profiles = self.records.profiles
+        self.profile_head = nn.Linear(d, profiles.width) if cfg.profile_impute > 0 and profiles is not None else None
         self._frozen_encoding: EncoderOutput | None = None
         self.freeze_encoding_cache = False
         self.apply(self._init_weights)
@@ -200,22 +209,6 @@ class CellFormer(PhenotypeModel):
             nn.init.normal_(m.weight, std=0.02)
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
-
-    @property
-    def d_model(self) -> int:
-        return self.config.d_model
-
-    @property
-    def n_heads(self) -> int:
-        return self.config.n_heads
-
-    @property
-    def n_layers(self) -> int:
-        return self.config.n_layers
-
-    @property
-    def d_head(self) -> int:
-        return self.config.d_model // self.config.n_heads
 
     # ------------------------------------------------------------------ fitting from records
     def fit_records(self, data: PerturbationData, train_rows: np.ndarray) -> None:
@@ -332,6 +325,11 @@ class CellFormer(PhenotypeModel):
         pred, beta = self._predict(enc, batch.gene_index, batch.types, batch.ptr, batch.batch, batch.variant,
                                    return_attention, training=self.training)  # fmt: skip
         losses = self.regularizer(enc.layer_inputs, self.attentions) if graph_losses else {}
+        if self.profile_head is not None and self.training and enc.hidden is not None:  # the imputation task
+            imputed = self.profile_head(enc.genes[0, : self.num_genes])
+            own = (batch.gene_index, batch.ptr, batch.batch)
+            mse = self.records.imputation_loss(imputed, enc.hidden, own, batch.y, *self.target_scaling())
+            losses["profile/impute"] = self.config.profile_impute * mse
         return ModelOutput(pred=self.unscale(pred), losses=losses, extras={"beta": beta} if return_attention else {})
 
     def _encode_for_batch(self, added: list) -> EncoderOutput:
