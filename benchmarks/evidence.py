@@ -69,6 +69,8 @@ from cellformer.graphs import GeneGraph, GraphSet  # noqa: E402
 from cellformer.training.metrics import regression_metrics  # noqa: E402
 
 ENCODER_ARMS = ("cellformer", "no_encoder", "no_records")
+#: the parts of a record's config that only the CellFormer arms read
+CELLFORMER_CONFIG_KEYS = ("cellformer", "model_args", "steps")
 GRAPH_ARMS = ("no_graph", "lambda0", "kl_only", "rewired_graph", "noisy_graph")
 CELLFORMER_ARMS = ENCODER_ARMS + GRAPH_ARMS
 BASELINE_ARMS = ("dango", "per_gene", "additive", "graph_smoothing")
@@ -91,7 +93,8 @@ ARM_LABELS = {
 ABLATIONS: dict[str, dict[str, Any]] = {
     "no_encoder": {"n_layers": 0, "graph_reg": {}},
     "no_records": {"label_inputs": False, "pair_graph_features": False, "smoothing_features": False,
-                   "member_singles": False, "member_pairs": False, "additive_features": False, "profile_dim": 0},
+                   "member_singles": False, "member_pairs": False, "additive_features": False, "profile_dim": 0,
+                   "profile_impute": 0.0},
 }  # fmt: skip
 #: per baseline: the grid its every run is tuned over (keys: ``lr`` or a model argument)
 GRIDS: dict[str, list[dict[str, Any]]] = {
@@ -876,21 +879,34 @@ def merge_reports(paths: list[Path], tag: str | None, out: Path, force: bool = F
         raise SystemExit(f"{out}/evidence_{tag}.json exists (a cited record?): pass --tag NEW or --force")
     raw = [json.loads(p.read_text()) for p in paths]  # compared as stored (null, not NaN, compares equal)
     same = ("screen", "mode", "problem", "settings", "config", "phenotypes")
+
+    def shared(r: dict, key: str):  # with --update the CellFormer config may change (its arms then re-run)
+        if key != "config" or not update:
+            return r[key]
+        return {k: v for k, v in r[key].items() if k not in CELLFORMER_CONFIG_KEYS}
+
     for p, r in zip(paths[1:], raw[1:], strict=True):
         for key in same:
-            if r[key] != raw[0][key]:
+            if shared(r, key) != shared(raw[0], key):
                 raise SystemExit(f"{p}: its {key!r} differs from {paths[0]}'s; only seeds and arms may differ")
     parts = [_nan(r) for r in raw]
     runs: dict[tuple, dict] = {}
-    for p, r in zip(paths, parts, strict=True):
+    source: dict[tuple, int] = {}
+    for i, (p, r) in enumerate(zip(paths, parts, strict=True)):
         for run in r["runs"]:
             key = (run["seed"], run["setting"], run["arm"])
             if key in runs and not update:
                 raise SystemExit(f"--merge: seed {key[0]} {key[1]} {key[2]} is in two records (pass --update to "
                                  f"let {p} replace it)")  # fmt: skip
-            runs[key] = run
+            runs[key], source[key] = run, i
+    last = {k: raw[-1]["config"].get(k) for k in CELLFORMER_CONFIG_KEYS}
+    for key, i in source.items():
+        if key[2] in ENCODER_ARMS and {k: raw[i]["config"].get(k) for k in CELLFORMER_CONFIG_KEYS} != last:
+            raise SystemExit(f"--merge: {paths[i]} ran seed {key[0]} {key[1]} {key[2]} with another CellFormer "
+                             f"config than {paths[-1]}; re-run that arm with the new config")  # fmt: skip
     arms = [a for a in ARMS if any(a in r["arms"] for r in parts)]
     report = dict(parts[0])
+    report["config"] = parts[-1]["config"]
     report.update(
         tag=tag,
         seeds=sorted({s for r in parts for s in r["seeds"]}),

@@ -10,7 +10,8 @@ pairs; ε, fitness and the other columns random) and measures, each command in i
 * **fit start / step** -- CellFormer with ``configs/quickstart.yaml``'s model and batch size on it (random
   split): wall time from the start of the process to the end of the first optimiser step (data loading,
   target scaling, fitting the record tables, the first step), then the median time of the following steps;
-  a checkpoint is written;
+  a checkpoint is written. It predicts every column of a plain table, and fitness and ε of a Costanzo file
+  (:data:`PHENOTYPES`);
 * **screen** -- ``cellformer screen --order 2`` of all pairs among 100 genes with that checkpoint: pairs/s and
   peak RSS;
 * **predict** -- ``cellformer predict`` of one pair: wall time.
@@ -46,7 +47,8 @@ RUN = (
     "print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True); sys.exit(code)"
 )
 
-#: the fit-start / step probe: quickstart's model and batch size on a dataset (argv: dataset, steps, ckpt)
+#: the fit-start / step probe: quickstart's model and batch size on a dataset (argv: dataset, steps, ckpt, config,
+#: phenotypes to predict as a comma list or "all")
 FIT = r"""
 import sys, time
 t0 = time.perf_counter()
@@ -57,7 +59,9 @@ from cellformer.training.module import PhenotypeModule
 dataset, steps, ckpt = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 cfg = yaml.safe_load(open(sys.argv[4]))
 torch.manual_seed(0)
-dm = PerturbationDataModule(dataset, graphs=cfg["data"]["graphs"], split="random", batch_size=cfg["data"]["batch_size"])
+phenotypes = None if sys.argv[5] == "all" else sys.argv[5].split(",")
+dm = PerturbationDataModule(dataset, graphs=cfg["data"]["graphs"], split="random", batch_size=cfg["data"]["batch_size"],
+                            phenotypes=phenotypes)
 module = PhenotypeModule(model="cellformer", model_args=cfg["model"]["model_args"], lr=cfg["model"]["lr"],
                          context=dm.context)
 times = []
@@ -136,6 +140,11 @@ def value(output: str, key: str) -> float:
     raise RuntimeError(f"{key} not found in the output:\n{output[-3000:]}")
 
 
+#: what the fit probe predicts: a plain table's columns; of a Costanzo file's six columns, fitness and ε (as
+#: ``configs/costanzo.yaml`` does: the p-value, sd, count and significance call are annotations, not targets)
+PHENOTYPES = {"plain": "all", "costanzo": "fitness,epsilon"}
+
+
 def cellformer(*argv: str) -> tuple[float, float, str]:
     """``cellformer argv`` in a fresh process: (wall s, peak RSS GiB, output)."""
     wall, out, code = run([sys.executable, "-c", RUN, *argv])
@@ -160,7 +169,7 @@ def measure(size: int, layout: str, work: Path, steps: int) -> dict:
     info_s, _, _ = cellformer("data", "info", str(h5))
     ckpt = work / f"{layout}_{size}.ckpt"
     wall, out, code = run([sys.executable, "-c", FIT, str(h5), str(steps), str(ckpt),
-                           str(ROOT / "configs" / "quickstart.yaml")])  # fmt: skip
+                           str(ROOT / "configs" / "quickstart.yaml"), PHENOTYPES[layout]])  # fmt: skip
     if code:
         raise RuntimeError(f"fit probe failed:\n{out[-3000:]}")
     genes = work / "genes100.txt"

@@ -106,6 +106,22 @@ def test_sim_toy_run_writes_outputs_and_never_overwrites(evidence, tmp_path: Pat
     js1.write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="config"):  # only seeds and arms may differ
         evidence.main(["--merge", str(js), str(js1), "--tag", "toy_bad", "--out-dir", str(tmp_path)])
+    # a changed CellFormer config may replace the CellFormer arms, all of them, and only with --update
+    new_cfg = json.loads(js.read_text())
+    new_cfg["config"]["cellformer"]["model_args"]["profile_impute"] = 1.0
+    new_cfg["runs"] = [r for r in new_cfg["runs"] if r["arm"] in evidence.ENCODER_ARMS]
+    new_cfg["arms"] = [a for a in new_cfg["arms"] if a in evidence.ENCODER_ARMS]
+    js3 = tmp_path / "redo_config.json"
+    js3.write_text(json.dumps(new_cfg))
+    with pytest.raises(SystemExit, match="config"):
+        evidence.main(["--merge", str(js), str(js3), "--tag", "toy_cfg", "--out-dir", str(tmp_path)])
+    redone = evidence.main(["--merge", str(js), str(js3), "--tag", "toy_cfg", "--update", "--out-dir", str(tmp_path)])
+    assert redone["config"]["cellformer"]["model_args"]["profile_impute"] == 1.0
+    assert len(redone["runs"]) == len(runs)
+    partial = dict(new_cfg, runs=[r for r in new_cfg["runs"] if r["arm"] != "no_encoder"])
+    js3.write_text(json.dumps(partial))
+    with pytest.raises(SystemExit, match="another CellFormer config"):  # (a) kept from the old config
+        evidence.main(["--merge", str(js), str(js3), "--tag", "toy_cfg2", "--update", "--out-dir", str(tmp_path)])
 
 
 def test_ablations_change_what_they_say(evidence) -> None:
