@@ -259,11 +259,17 @@ def substitution_estimate(
 
 
 # ---------------------------------------------------------------------- interaction profiles
-def _sym_matrix(genes: np.ndarray, values: np.ndarray, n: int):
-    """Symmetric (n, n) matrices of pair values, the mean over duplicate measurements and the sum: dense or
-    CSR (:func:`~cellformer.models.pairs.pattern_matrix`)."""
+def _pair_codes(genes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pattern of the symmetric (n, n) matrix of pairs ``genes`` (R, 2) and the codes of (a, b) then (b, a)."""
     a, b = genes[:, 0], genes[:, 1]
     pattern, (code,) = pattern_codes([np.r_[a * n + b, b * n + a]], n * n)
+    return pattern, code
+
+
+def _sym_matrix(coded: tuple[np.ndarray, np.ndarray], values: np.ndarray, n: int):
+    """Symmetric (n, n) matrices of pair values (:func:`_pair_codes` of their genes), the mean over duplicate
+    measurements and the sum: dense or CSR (:func:`~cellformer.models.pairs.pattern_matrix`)."""
+    pattern, code = coded
     total = np.bincount(code, np.r_[values, values], len(pattern))
     count = np.bincount(code, minlength=len(pattern))
     dense = is_dense(pattern, n)
@@ -336,9 +342,12 @@ class InteractionProfiles(nn.Module):
         y2 = (data.phenotypes[pairs][:, list(cols)].astype(np.float64) - mean) / std
         total = np.zeros((n, len(cols), k))
         count = np.zeros((n, len(cols)))
+        last = None  # (selection, codes): phenotypes measured on the same pairs share the pattern
         for p in range(len(cols)):
             sel = base & ~np.isnan(y2[:, p])
-            means, sums = _sym_matrix(genes[sel], y2[sel, p], n)
+            if last is None or not np.array_equal(last[0], sel):
+                last = (sel, _pair_codes(genes[sel], n))
+            means, sums = _sym_matrix(last[1], y2[sel, p], n)
             count[:, p] += np.bincount(genes[sel].ravel(), minlength=n)
             active = np.flatnonzero(count[:, p] > 0)
             m = min(k, len(active) - 1)

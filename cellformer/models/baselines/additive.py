@@ -24,6 +24,7 @@ training records) for another model to read as an input: CellFormer's ``additive
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -120,38 +121,58 @@ def set_folds(gene_index: torch.Tensor, batch: torch.Tensor, num_sets: int, fold
 
 class RidgeProblem:
     """The normal equations of ``target ≈ b + μ·|S| + Σ_{i∈S} δ_i`` over records of 0..``MAX`` columns, for the
-    fits that leave one fold of the records out (cross-fitting) and the fit on all of them.
+    fits that leave one fold of the records out (cross-fitting) and the fit on all of them, phenotype by
+    phenotype.
 
     ``members`` maps a set size s to the (R_s, s) columns (in ``[0, k)``) of the records with that many
-    columns, ``target`` and ``fold`` map it to those records' (R_s,) targets and folds. The ``δ`` block of
-    the Gram has one pattern for every fit (that of all records): the ordered member pairs of every record
-    are coded into it once (:func:`~cellformer.models.pairs.pattern_codes`), and a fit's Gram is one
-    ``bincount`` of the codes of its records (:func:`~cellformer.models.pairs.pattern_matrix`).
-    The ``μ`` and ``b`` rows are vectors. :meth:`solve` keeps the last fit's system for the next λ.
+    columns, sorted by fold, and ``bounds`` to the (folds + 1,) offsets of each fold in them. The ``δ`` block
+    of the Gram has one pattern for every fit and phenotype (that of all records): the ordered member pairs
+    of every record are coded into it once (:func:`~cellformer.models.pairs.pattern_codes`). For a
+    phenotype (:meth:`set_target`; NaN = not measured) each fold's sums are one ``bincount`` of its records'
+    codes, and the system without fold f is the total minus fold f's. The ``μ`` and ``b`` rows are vectors.
+    A column without measured records gets ``δ = 0``. :meth:`solve` keeps the last system for the next λ.
     """
 
-    def __init__(self, members: dict, target: dict, fold: dict, k: int):
-        self.k, self.members, self.target, self.fold = k, members, target, fold
+    def __init__(self, members: dict, bounds: dict, k: int, folds: int):
+        self.k, self.folds, self.members, self.bounds = k, folds, members, bounds
         sizes = [s for s in members if s]
         keys = [(members[s][:, :, None] * k + members[s][:, None, :]).reshape(len(members[s]), -1) for s in sizes]
         self.pattern, codes = pattern_codes(keys, k * k)
         self.codes = dict(zip(sizes, codes, strict=True))
         self.dense = is_dense(self.pattern, k)
-        self._system: tuple | None = None
-        self._total: list | None = None
 
-    def _sums(self, fold: int | None) -> list:
+    def set_target(self, target: dict) -> None:
+        """Per size, the (R_s,) targets of the records in the order of ``members`` (NaN: not measured)."""
+        self.target = target
+        self._folds = [self._sums(f) for f in range(self.folds)]
+        self._total = [sum(parts) for parts in zip(*self._folds, strict=True)]
+        self._system: tuple | None = None
+
+    def records(self, fold: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        """``(size, members, targets, codes or None)`` of the measured records of ``fold``, per size."""
+        for s, m in self.members.items():
+            sl = slice(self.bounds[s][fold], self.bounds[s][fold + 1])
+            t = self.target[s][sl]
+            has = ~np.isnan(t)
+            whole = bool(has.all())
+            code = self.codes[s][sl] if s else None
+            if not whole:
+                m, t, code = m[sl][has], t[has], None if code is None else code[has]
+            else:
+                m = m[sl]
+            if len(t):
+                yield s, m, t, code
+
+    def _sums(self, fold: int) -> list:
         """Gram values on the pattern, Σ size and Σ 1 per column, (Σ size², Σ size, records) and the right-hand
-        side over the records of ``fold`` (None: all)."""
+        side over the measured records of ``fold``."""
         k, nnz = self.k, len(self.pattern)
         values, size_col, count_col = np.zeros(nnz), np.zeros(k), np.zeros(k)
         scalars, rhs = np.zeros(3), np.zeros(k + 2)
-        for s, m in self.members.items():
-            sel = slice(None) if fold is None else self.fold[s] == fold
-            t = self.target[s][sel]
+        for s, m, t, code in self.records(fold):
             if s:
-                values += np.bincount(self.codes[s][sel].ravel(), minlength=nnz)
-                cols = m[sel].ravel()
+                values += np.bincount(code.ravel(), minlength=nnz)
+                cols = m.ravel()
                 counts = np.bincount(cols, minlength=k)
                 size_col += s * counts
                 count_col += counts
@@ -160,18 +181,23 @@ class RidgeProblem:
             rhs[k:] += [s * t.sum(), t.sum()]
         return [values, size_col, count_col, scalars, rhs]
 
+    def measured(self, leave_out: int | None) -> bool:
+        """Whether the fit without fold ``leave_out`` (None: all) has any measured record."""
+        parts = self._total if leave_out is None else [a - b for a, b in zip(self._total, self._folds[leave_out],
+                                                                            strict=True)]  # fmt: skip
+        return parts[3][2] > 0
+
     def system(self, leave_out: int | None) -> tuple:
         """``(Gram of δ, its diagonal, Σ size and Σ 1 per column, (Σ size², Σ size, records), right-hand side)``
         of the fit on every fold but ``leave_out`` (None: all): the sums over all records minus the fold's."""
         if self._system is not None and self._system[0] == leave_out:
             return self._system[1]
-        if self._total is None:
-            self._total = self._sums(None)
         sums = self._total
         if leave_out is not None:
-            sums = [a - b for a, b in zip(self._total, self._sums(leave_out), strict=True)]
+            sums = [a - b for a, b in zip(self._total, self._folds[leave_out], strict=True)]
         values, size_col, count_col, scalars, rhs = sums
         k = self.k
+        # every column occurs in some record of ``members``, so its (i, i) entry is in the pattern
         diagonal = values[np.searchsorted(self.pattern, np.arange(k) * (k + 1))] if len(values) else np.zeros(k)
         gram = pattern_matrix(self.pattern, values, k, self.dense)
         out = (gram, diagonal, size_col, count_col, scalars, rhs)
@@ -181,7 +207,8 @@ class RidgeProblem:
     def solve(self, leave_out: int | None, lam: float, x0: np.ndarray | None = None) -> np.ndarray:
         """``(δ (K,), μ, b)`` as one vector: the fit on every fold but ``leave_out`` (None: all), ridge ``λ`` on
         ``δ`` (``μ`` and ``b`` get 1e-8 for stability), by Jacobi-preconditioned conjugate gradients from
-        ``x0``. Every column must occur in some record (its δ is then 0 where it occurs in none of the fit's)."""
+        ``x0``. Every column must occur in some record of ``members`` (its δ is 0 where none of the fit's is
+        measured)."""
         gram, diagonal, size_col, count_col, (s2, s1, n), rhs = self.system(leave_out)
         k = self.k
 
@@ -272,6 +299,18 @@ class CrossFittedAdditive(nn.Module):
         for c in np.unique(n_known).tolist():
             recs = np.flatnonzero(n_known == c)
             groups[c] = (recs, key[start[recs][:, None] + np.arange(c)])
+        # one problem for every phenotype: the columns that occur, each size's records sorted by fold
+        present = np.zeros(self.effect.shape[1], dtype=bool)
+        for _, m in groups.values():
+            present[m.ravel()] = True
+        used, column = np.flatnonzero(present), np.cumsum(present) - 1
+        members, bounds, order = {}, {}, {}
+        for c, (recs, m) in groups.items():
+            by_fold = np.argsort(fold[recs], kind="stable")
+            order[c] = recs[by_fold]
+            members[c] = column[m[by_fold]]
+            bounds[c] = np.searchsorted(fold[order[c]], np.arange(self.folds + 1))
+        problem = RidgeProblem(members, bounds, len(used), self.folds)
         cols = [data.phenotype_names.index(n) for n in phenotype_names]
         mean, std = (np.asarray(torch.as_tensor(v).cpu(), dtype=np.float64) for v in (mean, std))
         self.effect.zero_()
@@ -280,52 +319,42 @@ class CrossFittedAdditive(nn.Module):
             raw = data.phenotypes[rows, col].astype(np.float64)
             mult = bool(self.multiplicative[p])
             target = np.log(np.maximum(raw, self.floor)) if mult else (raw - mean[p]) / std[p]
-            self._fit_phenotype(p, groups, target, fold, mean[p], std[p], mult)
+            problem.set_target({c: target[recs] for c, recs in order.items()})
+            self._fit_phenotype(p, problem, used, mean[p], std[p], mult)
 
-    def _fit_phenotype(self, p: int, groups: dict, target: np.ndarray, fold: np.ndarray, mean: float, std: float,
+    def _fit_phenotype(self, p: int, problem: RidgeProblem, used: np.ndarray, mean: float, std: float,
                        mult: bool) -> None:  # fmt: skip
-        """Cross-fit phenotype ``p``: λ by the out-of-fold error of the estimate in standardised units."""
+        """Cross-fit phenotype ``p`` (the problem's target): λ by the out-of-fold error of the estimate in
+        standardised units."""
 
         def standardised(t: np.ndarray) -> np.ndarray:
             return (np.exp(np.minimum(t, 10.0)) - mean) / std if mult else t
 
-        has = ~np.isnan(target)
-        present = np.zeros(self.effect.shape[1], dtype=bool)
-        for recs, m in groups.values():
-            present[m[has[recs]].ravel()] = True
-        used = np.flatnonzero(present)  # the (gene, type) columns of the measured records
-        column = np.cumsum(present) - 1
-        members, targets, folds = {}, {}, {}
-        for c, (recs, m) in groups.items():
-            recs, m = recs[has[recs]], m[has[recs]]
-            if len(recs):
-                members[c], targets[c], folds[c] = column[m], target[recs], fold[recs]
         self.penalty[p] = self.penalties[0]
-        if not members:
+        if not problem.measured(None):
             return
-        k = len(used)
-        problem = RidgeProblem(members, targets, folds, k)
+        k = problem.k
         fits = {lam: [] for lam in self.penalties}
         for f in range(self.folds):  # fold by fold, each λ warm-started from the last
             x = np.zeros(k + 2)
-            outside = any((fl != f).any() for fl in folds.values())
             for lam in self.penalties:
-                x = problem.solve(f, lam, x) if outside else np.zeros(k + 2)
+                x = problem.solve(f, lam, x) if problem.measured(f) else np.zeros(k + 2)
                 fits[lam].append(x)
         best = None
-        for lam in self.penalties:
-            W = np.stack(fits[lam])  # (folds, k + 2): each record scored by the fit that left its fold out
-            err = sum(float(np.sum((standardised(W[folds[c][:, None], m].sum(1) + W[folds[c], k] * c
-                                                 + W[folds[c], k + 1]) - standardised(targets[c])) ** 2))
-                      for c, m in members.items())  # fmt: skip
+        for lam in self.penalties:  # each record scored by the fit that left its fold out
+            err = 0.0
+            for f, w in enumerate(fits[lam]):
+                for s, m, t, _ in problem.records(f):
+                    pred = w[:k][m].sum(1) + w[k] * s + w[k + 1]
+                    err += float(np.sum((standardised(pred) - standardised(t)) ** 2))
             if best is None or err < best[0]:
                 best = (err, lam)
         lam = best[1]
         full = problem.solve(None, lam, np.mean(fits[lam], axis=0))
         in_fold = np.zeros((self.folds, k))
-        for c, m in members.items():
-            for f in range(self.folds):
-                in_fold[f] += np.bincount(m[folds[c] == f].ravel(), minlength=k)
+        for f in range(self.folds):
+            for _, m, _, _ in problem.records(f):
+                in_fold[f] += np.bincount(m.ravel(), minlength=k)
         for f, w in enumerate([*fits[lam], full]):
             measured = in_fold.sum(0) - (in_fold[f] if f < self.folds else 0)  # the fit's training records
             self.effect[f, used, p] = torch.from_numpy(w[:k]).float()
