@@ -167,11 +167,11 @@ class RidgeProblem:
         """Gram values on the pattern, Σ size and Σ 1 per column, (Σ size², Σ size, records) and the right-hand
         side over the measured records of ``fold``."""
         k, nnz = self.k, len(self.pattern)
-        values, size_col, count_col = np.zeros(nnz), np.zeros(k), np.zeros(k)
+        values, size_col, count_col = np.zeros(nnz, np.int32), np.zeros(k), np.zeros(k)  # Gram entries are counts
         scalars, rhs = np.zeros(3), np.zeros(k + 2)
         for s, m, t, code in self.records(fold):
             if s:
-                values += np.bincount(code.ravel(), minlength=nnz)
+                values += np.bincount(code.ravel(), minlength=nnz).astype(np.int32)
                 cols = m.ravel()
                 counts = np.bincount(cols, minlength=k)
                 size_col += s * counts
@@ -198,7 +198,8 @@ class RidgeProblem:
         values, size_col, count_col, scalars, rhs = sums
         k = self.k
         # every column occurs in some record of ``members``, so its (i, i) entry is in the pattern
-        diagonal = values[np.searchsorted(self.pattern, np.arange(k) * (k + 1))] if len(values) else np.zeros(k)
+        diagonal = values[np.searchsorted(self.pattern, np.arange(k) * (k + 1))].astype(np.float64) if len(
+            values) else np.zeros(k)  # fmt: skip
         gram = pattern_matrix(self.pattern, values, k, self.dense)
         out = (gram, diagonal, size_col, count_col, scalars, rhs)
         self._system = (leave_out, out)
