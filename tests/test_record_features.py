@@ -205,7 +205,8 @@ def test_profile_fit_is_the_same_with_dense_or_sparse_pair_matrices(reference, m
 def test_profile_imputation_task_reads_hidden_genes_profiles_without_the_batch_labels(reference) -> None:
     """``profile_impute``: a training step adds λ · MSE between the profiles read off the encoder output and the
     measured profiles of the genes hidden in that step (the batch's own records removed from the targets);
-    the gradient reaches the encoder; evaluation has no such term; it needs profile tokens."""
+    the profile product reads the inferred profile wherever none is measured, as an input; the term's gradient
+    reaches the encoder; evaluation has no such term; it needs profile tokens."""
     from cellformer.errors import UserError
 
     data = reference["data"]
@@ -238,6 +239,17 @@ def test_profile_imputation_task_reads_hidden_genes_profiles_without_the_batch_l
     expected = ((guess - target)[use] ** 2).mean()
     got = model.records.imputation_loss(guess, hidden, own, batch.y, mean, std)
     assert float(got) == pytest.approx(float(expected), rel=1e-5)
+    # the profile product reads the inferred profile exactly where none is measured (here: hidden genes)
+    slot = model.records.slices()["profile_pairs"]
+    args = (batch.gene_index, batch.types, batch.ptr, batch.batch, mean, std, True, hidden)
+    plain = model.records(*args)
+    inferred = model.records(*args, None, guess.requires_grad_())
+    members, _ = padded_members(batch.gene_index, batch.ptr, batch.batch)
+    touched = (hidden | ~model.records.profiles.measured()[:, ::4].any(1))[members.clamp_min(0)] & (members >= 0)
+    differs = (plain[:, slot] != inferred[:, slot]).any(1)
+    assert differs.any() and not differs[~touched.any(1)].any()
+    torch.testing.assert_close(plain[:, : slot.start], inferred[:, : slot.start])
+    assert not inferred.requires_grad  # an input: only the profile loss fits the inference
     model.eval()
     with torch.no_grad():
         assert "profile/impute" not in model(batch).losses

@@ -76,9 +76,10 @@ class CellFormerConfig:
             its training records of two or more genes, from which a training batch's own records are removed;
             :class:`~cellformer.models.record_features.InteractionProfiles`); 0 = none.
         additive_folds: folds of the cross-fitted additive estimate (≥ 2).
-        profile_impute: weight of an auxiliary task (0 = off; needs ``profile_dim``): a linear map reads the
-            interaction profile of every gene hidden in a training step (identity and records) off its encoder
-            output, fitted to its measured one, so the encoder learns to infer a profile from related genes.
+        profile_impute: weight of the profile inference (0 = off; needs ``profile_dim``): a linear map reads
+            every gene's interaction profile off its encoder output, fitted (``profile_impute · MSE``) to the
+            measured profiles of the genes hidden in each step; genes without a measured one in a pass (held
+            out or hidden) read it in the profile product. The encoder infers it from related genes.
         row_seed: seed of the model's own generator (graph rows, identity dropout), so that they never
             shift the global RNG stream that orders batches.
     """
@@ -287,8 +288,13 @@ class CellFormer(PhenotypeModel):
         (training: the sets are training records, and genes hidden in this pass hide their records)."""
         mean, std = self.target_scaling()
         hidden = enc.hidden if training else None
-        extra = self.records(gene_index, types, ptr, batch, mean, std, training, hidden, enc.record_inputs)
+        imputed = self.imputed_profiles(enc)
+        extra = self.records(gene_index, types, ptr, batch, mean, std, training, hidden, enc.record_inputs, imputed)
         return self.head(enc, gene_index, types, ptr, batch, variant, return_attention, extra)
+
+    def imputed_profiles(self, enc: EncoderOutput) -> torch.Tensor | None:
+        """(N, P·k) interaction profiles read off the base genes' encoder outputs (``profile_impute``), or None."""
+        return None if self.profile_head is None else self.profile_head(enc.genes[0, : self.num_genes])
 
     def predict_from_encoding(
         self,
@@ -326,7 +332,7 @@ class CellFormer(PhenotypeModel):
                                    return_attention, training=self.training)  # fmt: skip
         losses = self.regularizer(enc.layer_inputs, self.attentions) if graph_losses else {}
         if self.profile_head is not None and self.training and enc.hidden is not None:  # the imputation task
-            imputed = self.profile_head(enc.genes[0, : self.num_genes])
+            imputed = self.imputed_profiles(enc)
             own = (batch.gene_index, batch.ptr, batch.batch)
             mse = self.records.imputation_loss(imputed, enc.hidden, own, batch.y, *self.target_scaling())
             losses["profile/impute"] = self.config.profile_impute * mse

@@ -45,6 +45,7 @@ gene, get no record-derived values (zeros, has-data flags 0). The set tables hol
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -423,9 +424,13 @@ class InteractionProfiles(nn.Module):
             out = out * ~hidden[:, None, None]
         return out.flatten(1)
 
-    def measured(self) -> torch.Tensor:
-        """(N, P·k) bool: profile entries with training records behind them, laid out as :meth:`tokens`' output."""
-        return (self.count > 0)[..., None].expand(-1, -1, self.dim).flatten(1)
+    def measured(self, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, P·k) bool: profile entries with training records behind them (and not of a ``hidden`` (N,) gene),
+        laid out as :meth:`tokens`' output."""
+        has = self.count > 0
+        if hidden is not None:
+            has = has & ~hidden[:, None]
+        return has[..., None].expand(-1, -1, self.dim).flatten(1)
 
 
 # ---------------------------------------------------------------------- the readout features
@@ -608,11 +613,14 @@ class RecordFeatures(nn.Module):
         training: bool = False,
         hidden: torch.Tensor | None = None,
         token_inputs: torch.Tensor | None = None,
+        imputed: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """(B, :attr:`width`) readout features of a CSR batch (None when every feature is off).
 
         ``token_inputs``: the (N, :attr:`token_width`) per-gene inputs of this pass (:meth:`token_inputs`), whose
         interaction profiles the ``profile_pairs`` feature multiplies (computed afresh when not given).
+        ``imputed`` (N, P·k): profiles inferred for every gene (with gradient); the entries without a measured
+        profile in this pass (no training records of that phenotype, or a ``hidden`` gene) read them instead.
         ``mean``/``std`` (P,): the model's target scaling. ``training``: the sets are training records (a
         single hides its own value; the additive estimate is cross-fitted). ``hidden`` (N,) bool: genes whose
         records are hidden in this step.
@@ -645,11 +653,17 @@ class RecordFeatures(nn.Module):
             if token_inputs is None:
                 token_inputs = self.token_inputs(None, mean, std, hidden=hidden)
             profile = token_inputs[:, self.label_features.shape[1] :]
-            a, b = members[:, _PAIR_I], members[:, _PAIR_J]
-            ok = (known[:, _PAIR_I] & known[:, _PAIR_J]).float()[..., None]
-            n = self.num_genes
-            product = profile[a.clamp(0, n - 1)] * profile[b.clamp(0, n - 1)] * ok  # (B, pairs, P·k)
-            parts.append(product.sum(1) / ok.sum(1).clamp_min(1))
+            with torch.enable_grad() if imputed is not None else contextlib.nullcontext():
+                if imputed is not None:  # the inferred profile where none was measured
+                    measured = (
+                        self.profiles.measured() if hidden is None else self.profiles.measured() & ~hidden[:, None]
+                    )
+                    profile = torch.where(measured, profile, imputed.to(profile.dtype))
+                a, b = members[:, _PAIR_I], members[:, _PAIR_J]
+                ok = (known[:, _PAIR_I] & known[:, _PAIR_J]).float()[..., None]
+                n = self.num_genes
+                product = profile[a.clamp(0, n - 1)] * profile[b.clamp(0, n - 1)] * ok  # (B, pairs, P·k)
+                parts.append(product.sum(1) / ok.sum(1).clamp_min(1))
         return torch.cat(parts, dim=1)
 
     def _pair_graph(self, members: torch.Tensor, sizes: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
