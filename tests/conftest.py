@@ -171,8 +171,9 @@ def dense_attention(model, layer: int, head: int) -> torch.Tensor:
     for ell, block in enumerate(model.blocks):
         h = block.norm1(x)
         q, k, v = block.attn.qkv(h).split(model.d_model, dim=-1)
-        q, k, v = (t.view(1, -1, model.n_heads, model.d_model // model.n_heads).transpose(1, 2) for t in (q, k, v))
-        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(model.d_model // model.n_heads), dim=-1)  # (1, H, 1+N, 1+N)
+        d_head = model.d_model // model.n_heads
+        q, k, v = (t.view(1, -1, model.n_heads, d_head).transpose(1, 2) for t in (q, k, v))
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d_head), dim=-1)  # (1, H, 1+N, 1+N)
         if ell == layer:
             gene_block = att[0, head, 1:, 1:]
             return gene_block / gene_block.sum(-1, keepdim=True)
