@@ -45,7 +45,6 @@ gene, get no record-derived values (zeros, has-data flags 0). The set tables hol
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -619,8 +618,9 @@ class RecordFeatures(nn.Module):
 
         ``token_inputs``: the (N, :attr:`token_width`) per-gene inputs of this pass (:meth:`token_inputs`), whose
         interaction profiles the ``profile_pairs`` feature multiplies (computed afresh when not given).
-        ``imputed`` (N, P·k): profiles inferred for every gene (with gradient); the entries without a measured
-        profile in this pass (no training records of that phenotype, or a ``hidden`` gene) read them instead.
+        ``imputed`` (N, P·k): profiles inferred for every gene; the entries without a measured profile in this
+        pass (no training records of that phenotype, or a ``hidden`` gene) read them instead, as an input (no
+        gradient flows back: the inference is fitted to measured profiles only, :meth:`imputation_loss`).
         ``mean``/``std`` (P,): the model's target scaling. ``training``: the sets are training records (a
         single hides its own value; the additive estimate is cross-fitted). ``hidden`` (N,) bool: genes whose
         records are hidden in this step.
@@ -653,17 +653,13 @@ class RecordFeatures(nn.Module):
             if token_inputs is None:
                 token_inputs = self.token_inputs(None, mean, std, hidden=hidden)
             profile = token_inputs[:, self.label_features.shape[1] :]
-            with torch.enable_grad() if imputed is not None else contextlib.nullcontext():
-                if imputed is not None:  # the inferred profile where none was measured
-                    measured = (
-                        self.profiles.measured() if hidden is None else self.profiles.measured() & ~hidden[:, None]
-                    )
-                    profile = torch.where(measured, profile, imputed.to(profile.dtype))
-                a, b = members[:, _PAIR_I], members[:, _PAIR_J]
-                ok = (known[:, _PAIR_I] & known[:, _PAIR_J]).float()[..., None]
-                n = self.num_genes
-                product = profile[a.clamp(0, n - 1)] * profile[b.clamp(0, n - 1)] * ok  # (B, pairs, P·k)
-                parts.append(product.sum(1) / ok.sum(1).clamp_min(1))
+            if imputed is not None:  # the inferred profile where none was measured
+                profile = torch.where(self.profiles.measured(hidden), profile, imputed.to(profile.dtype))
+            a, b = members[:, _PAIR_I], members[:, _PAIR_J]
+            ok = (known[:, _PAIR_I] & known[:, _PAIR_J]).float()[..., None]
+            n = self.num_genes
+            product = profile[a.clamp(0, n - 1)] * profile[b.clamp(0, n - 1)] * ok  # (B, pairs, P·k)
+            parts.append(product.sum(1) / ok.sum(1).clamp_min(1))
         return torch.cat(parts, dim=1)
 
     def _pair_graph(self, members: torch.Tensor, sizes: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
