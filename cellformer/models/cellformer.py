@@ -276,7 +276,9 @@ class CellFormer(PhenotypeModel):
         mask = torch.ones(V, L, dtype=torch.bool, device=x.device) if key_mask is None else key_mask[:, 1:]
         first = added_features[0] if len(added_features) else None
         wild_type = first is None or first.numel() == 0
-        return EncoderOutput(x[:, 0], x[:, 1:], mask, layer_inputs, wild_type, hidden=dropped, record_inputs=inputs)
+        imputed = None if self.profile_head is None else self.profile_head(x[0, 1 : 1 + self.num_genes])
+        return EncoderOutput(x[:, 0], x[:, 1:], mask, layer_inputs, wild_type, hidden=dropped, record_inputs=inputs,
+                             imputed=imputed)  # fmt: skip
 
     def encode_genome(self, added_features: torch.Tensor | None = None) -> EncoderOutput:
         """The encoder output for one genome variant (V = 1): the wild type, or it plus added genes."""
@@ -288,13 +290,9 @@ class CellFormer(PhenotypeModel):
         (training: the sets are training records, and genes hidden in this pass hide their records)."""
         mean, std = self.target_scaling()
         hidden = enc.hidden if training else None
-        imputed = self.imputed_profiles(enc)
-        extra = self.records(gene_index, types, ptr, batch, mean, std, training, hidden, enc.record_inputs, imputed)
+        extra = self.records(gene_index, types, ptr, batch, mean, std, training, hidden, enc.record_inputs,
+                             enc.imputed)  # fmt: skip
         return self.head(enc, gene_index, types, ptr, batch, variant, return_attention, extra)
-
-    def imputed_profiles(self, enc: EncoderOutput) -> torch.Tensor | None:
-        """(N, P·k) interaction profiles read off the base genes' encoder outputs (``profile_impute``), or None."""
-        return None if self.profile_head is None else self.profile_head(enc.genes[0, : self.num_genes])
 
     def predict_from_encoding(
         self,
@@ -331,10 +329,9 @@ class CellFormer(PhenotypeModel):
         pred, beta = self._predict(enc, batch.gene_index, batch.types, batch.ptr, batch.batch, batch.variant,
                                    return_attention, training=self.training)  # fmt: skip
         losses = self.regularizer(enc.layer_inputs, self.attentions) if graph_losses else {}
-        if self.profile_head is not None and self.training and enc.hidden is not None:  # the imputation task
-            imputed = self.imputed_profiles(enc)
+        if enc.imputed is not None and self.training and enc.hidden is not None:  # the imputation task
             own = (batch.gene_index, batch.ptr, batch.batch)
-            mse = self.records.imputation_loss(imputed, enc.hidden, own, batch.y, *self.target_scaling())
+            mse = self.records.imputation_loss(enc.imputed, enc.hidden, own, batch.y, *self.target_scaling())
             losses["profile/impute"] = self.config.profile_impute * mse
         return ModelOutput(pred=self.unscale(pred), losses=losses, extras={"beta": beta} if return_attention else {})
 

@@ -48,6 +48,7 @@ class EncoderOutput:
     phi_present: torch.Tensor | None = None  # φ(h_i, PRESENT) (V, L, d), cached by the head when grad is off
     hidden: torch.Tensor | None = None  # (N,) genes whose identity this (training) pass dropped
     record_inputs: torch.Tensor | None = None  # (N, ·) per-gene record inputs of this pass (token inputs)
+    imputed: torch.Tensor | None = None  # (N, P·k) interaction profiles inferred from variant 0 (profile_impute)
 
     def detach(self) -> EncoderOutput:
         """A copy cut from the autograd graph (for caching in a predictor)."""
@@ -58,6 +59,7 @@ class EncoderOutput:
             [x.detach() for x in self.layer_inputs],
             self.wild_type,
             record_inputs=None if self.record_inputs is None else self.record_inputs.detach(),
+            imputed=None if self.imputed is None else self.imputed.detach(),
         )
 
 
