@@ -172,13 +172,19 @@ class PerturbationData:
             raise unknown_name_error("phenotype", name, self.phenotype_names)
         return self.phenotype_names.index(name)
 
-    def subset(self, rows: np.ndarray) -> PerturbationData:
-        """A new dataset with the given records (in that order)."""
+    def member_positions(self, rows: np.ndarray) -> np.ndarray:
+        """Positions in ``gene_index`` / ``types`` of the members of records ``rows``, record after record."""
         rows = np.asarray(rows, dtype=np.int64)
         sizes = self.set_sizes[rows]
         offsets = np.concatenate([[0], np.cumsum(sizes)])
-        # entry j of new record k comes from entry offsets[rows[k]] + j
-        take = np.arange(offsets[-1], dtype=np.int64) + np.repeat(self.offsets[rows] - offsets[:-1], sizes)
+        # entry j of the k-th record comes from entry offsets[rows[k]] + j
+        return np.arange(offsets[-1], dtype=np.int64) + np.repeat(self.offsets[rows] - offsets[:-1], sizes)
+
+    def subset(self, rows: np.ndarray) -> PerturbationData:
+        """A new dataset with the given records (in that order)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(self.set_sizes[rows])])
+        take = self.member_positions(rows)
         return PerturbationData(
             genes=self.genes,
             offsets=offsets,

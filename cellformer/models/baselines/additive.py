@@ -152,14 +152,10 @@ class RidgeProblem:
         """``(size, members, targets, codes or None)`` of the measured records of ``fold``, per size."""
         for s, m in self.members.items():
             sl = slice(self.bounds[s][fold], self.bounds[s][fold + 1])
-            t = self.target[s][sl]
+            m, t, code = m[sl], self.target[s][sl], self.codes[s][sl] if s else None
             has = ~np.isnan(t)
-            whole = bool(has.all())
-            code = self.codes[s][sl] if s else None
-            if not whole:
-                m, t, code = m[sl][has], t[has], None if code is None else code[has]
-            else:
-                m = m[sl]
+            if not has.all():
+                m, t, code = m[has], t[has], None if code is None else code[has]
             if len(t):
                 yield s, m, t, code
 
@@ -183,9 +179,8 @@ class RidgeProblem:
 
     def measured(self, leave_out: int | None) -> bool:
         """Whether the fit without fold ``leave_out`` (None: all) has any measured record."""
-        parts = self._total if leave_out is None else [a - b for a, b in zip(self._total, self._folds[leave_out],
-                                                                            strict=True)]  # fmt: skip
-        return parts[3][2] > 0
+        records = self._total[3][2] - (0 if leave_out is None else self._folds[leave_out][3][2])
+        return records > 0
 
     def system(self, leave_out: int | None) -> tuple:
         """``(Gram of δ, its diagonal, Σ size and Σ 1 per column, (Σ size², Σ size, records), right-hand side)``
@@ -226,11 +221,6 @@ class RidgeProblem:
         if info:
             raise RuntimeError(f"ridge fit: conjugate gradients did not converge ({info} iterations)")
         return sol
-
-
-def _member_positions(offsets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """Positions in ``gene_index`` of the members of records starting at ``offsets`` with ``sizes``."""
-    return np.repeat(offsets - np.r_[0, np.cumsum(sizes)[:-1]], sizes) + np.arange(int(sizes.sum()))
 
 
 class CrossFittedAdditive(nn.Module):
@@ -286,10 +276,11 @@ class CrossFittedAdditive(nn.Module):
         model's target scaling (standardised = (y − mean) / std)."""
         rows = np.sort(np.asarray(rows, dtype=np.int64))
         sizes = data.set_sizes[rows]
-        genes = data.gene_index[_member_positions(data.offsets[rows], sizes)].astype(np.int64)
+        take = data.member_positions(rows)
+        genes = data.gene_index[take].astype(np.int64)
         batch = np.repeat(np.arange(len(rows)), sizes)
         key, known = (x.numpy() for x in self.keys(torch.from_numpy(genes), torch.from_numpy(
-            data.types[_member_positions(data.offsets[rows], sizes)].astype(np.int64))))  # fmt: skip
+            data.types[take].astype(np.int64))))  # fmt: skip
         fold = set_folds(torch.from_numpy(genes), torch.from_numpy(batch), len(rows), self.folds).numpy()
         # the records by their number of base-genome members s: (R_s, s) member columns, record numbers
         n_known = np.bincount(batch[known], minlength=len(rows))
