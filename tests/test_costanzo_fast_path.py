@@ -103,3 +103,31 @@ def test_block_reader_matches_the_row_reader(tmp_path, genome, monkeypatch, seed
     # without skipping, the first bad row is the same error
     fast_err, slow_err = (_read(path, genome, f, False, monkeypatch) for f in (True, False))
     assert isinstance(fast_err, ImportFormatError) and str(fast_err) == str(slow_err)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_bad_row_before_a_nul_byte_or_a_truncated_gzip_is_reported_first(tmp_path, genome, monkeypatch, fast):
+    """Reading in blocks keeps the order of a line-by-line read: the rows before a NUL byte or the end of a
+    truncated ``.gz`` are read (and a bad one among them reported) before the file's own fault."""
+    good = "\t".join(["G1_sn1", "g1", "G2_dma2", "g2", "DMA30", "0.1", "0.5", "0.9", "0.8", "0.7", "0.02"])
+    bad = good.replace("0.1", "abc", 1)
+    lines = ["\t".join(COSTANZO_HEADER), good, good, bad, good, "G3\x00", good]  # bad row: line 4; NUL: line 6
+    path = tmp_path / "nul.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with monkeypatch.context() as m:
+        m.setattr(screens, "_FAST_PATH", fast)
+        m.setattr(screens, "_BLOCK", 100)
+        with pytest.raises(ImportFormatError) as exc:
+            read_costanzo2016(path, genome)
+        assert exc.value.line == 4
+        with pytest.raises(ImportFormatError, match="NUL") as exc:
+            read_costanzo2016(path, genome, skip_bad_rows=True)
+        assert exc.value.line == 6
+        body = ("\n".join([lines[0], good, bad] + [good] * 3000) + "\n").encode()
+        gz = tmp_path / "cut.txt.gz"
+        gz.write_bytes(gzip.compress(body)[:-200])  # truncated: its last lines never arrive
+        with pytest.raises(ImportFormatError) as exc:
+            read_costanzo2016(gz, genome)
+        assert exc.value.line == 3
+        with pytest.raises(ImportFormatError, match="truncated or corrupt gzip"):
+            read_costanzo2016(gz, genome, skip_bad_rows=True)

@@ -282,21 +282,11 @@ def _open(path: Path):
 
 
 def _rows(path: Path, expected: Sequence[str], report: ImportReport) -> Iterator[tuple[int, list[str]]]:
-    """Yield ``(line number, fields)`` of the data rows after checking the header."""
-    with _open(path) as fh:
-        header_seen = False
-        for lineno, raw in _numbered_lines(path, fh):
-            line = raw.rstrip("\r\n")
-            if not line.strip():
-                continue
-            fields = line.split("\t")
-            if not header_seen:
-                _check_header(path, lineno, fields, expected, report)
-                header_seen = True
-                continue
-            yield lineno, fields
-        if not header_seen:
-            raise ImportFormatError(path, 1, "empty file (expected a header line)")
+    """Yield ``(line number, fields)`` of the data rows (blank lines skipped) after checking the header."""
+    for start, lines in _line_blocks(path, expected, report):
+        for lineno, line in enumerate(lines, start):
+            if line.strip():
+                yield lineno, line.split("\t")
 
 
 def _numbered_lines(path: Path, fh) -> Iterator[tuple[int, str]]:
@@ -355,23 +345,18 @@ class _Builder:
             report.skip("fitness observations missing (NaN) and not averaged")
             return
         order = sorted(range(len(genes)), key=lambda k: genes[k])
-        g = [genes[k] for k in order]
-        t = [int(types[k]) for k in order]
-        key = (tuple(g), tuple(t), allele_class, condition)
-        acc = self.fitness.get(key)
-        if acc is None:
-            self.fitness[key] = [value, 1, g, t, condition]
-        else:
-            acc[0] += value
-            acc[1] += 1
+        self.add_fitness_sum([genes[k] for k in order], [int(types[k]) for k in order], allele_class, condition,
+                             value, 1)  # fmt: skip
         report.fitness_observations += 1
 
-    def add_fitness_sum(self, gene: int, ptype: int, allele_class: str, condition: str, total: float, n: int) -> None:
-        """Add ``n`` finite observations summing to ``total`` of one gene's fitness (the counts are the caller's)."""
-        key = ((gene,), (ptype,), allele_class, condition)
+    def add_fitness_sum(self, genes: list[int], types: list[int], allele_class: str, condition: str, total: float,
+                        n: int) -> None:  # fmt: skip
+        """Add ``n`` finite observations summing to ``total`` of the fitness of ``genes`` (sorted) with ``types``
+        (the report's counts are the caller's)."""
+        key = (tuple(genes), tuple(types), allele_class, condition)
         acc = self.fitness.get(key)
         if acc is None:
-            self.fitness[key] = [total, n, [gene], [ptype], condition]
+            self.fitness[key] = [total, n, genes, types, condition]
         else:
             acc[0] += total
             acc[1] += n
@@ -514,29 +499,35 @@ _BLOCK = 200_000
 
 def _line_blocks(path: Path, expected: Sequence[str], report: ImportReport) -> Iterator[tuple[int, list[str]]]:
     """``(number of the first line, lines without line ends)`` after the header (checked first), in blocks of
-    :data:`_BLOCK` lines; NUL bytes and a truncated ``.gz`` are :class:`ImportFormatError` naming the line."""
+    :data:`_BLOCK` lines. NUL bytes and a truncated ``.gz`` are :class:`ImportFormatError` naming the line,
+    raised after the lines before it are yielded (as a line-by-line reader would)."""
     with _open(path) as fh:
-        lines = _numbered_lines(path, fh)
-        for lineno, raw in lines:
-            fields = raw.rstrip("\r\n").split("\t")
+        for lineno, raw in _numbered_lines(path, fh):
             if raw.strip():
-                _check_header(path, lineno, fields, expected, report)
+                _check_header(path, lineno, raw.rstrip("\r\n").split("\t"), expected, report)
                 break
         else:
             raise ImportFormatError(path, 1, "empty file (expected a header line)")
-        start, block = lineno + 1, []
+        start = lineno + 1
         while True:
+            block, error = [], None
             try:
-                block.extend(islice(fh, _BLOCK))
+                block.extend(islice(fh, _BLOCK))  # (the lines read before a failure stay in the block)
             except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
-                raise ImportFormatError(path, start + len(block), f"truncated or corrupt gzip file ({exc})") from None
-            if not block:
-                return
+                error = ImportFormatError(path, start + len(block), f"truncated or corrupt gzip file ({exc})")
             if any(map(str.__contains__, block, repeat("\x00"))):
                 at = next(i for i, raw in enumerate(block) if "\x00" in raw)
-                raise ImportFormatError(path, start + at, "contains NUL bytes (is it a binary file?)")
-            yield start, list(map(str.rstrip, block, repeat("\r\n")))
-            start, block = start + len(block), []
+                block, error = (
+                    block[:at],
+                    ImportFormatError(path, start + at, "contains NUL bytes (is it a binary file?)"),
+                )
+            if block:
+                yield start, list(map(str.rstrip, block, repeat("\r\n")))
+            if error is not None:
+                raise error from None
+            if not block:
+                return
+            start += len(block)
 
 
 def _costanzo_row(b, strains, genome, report, path: Path, lineno: int, line: str, skip_bad_rows: bool) -> None:
@@ -614,15 +605,15 @@ def _costanzo_block(lines: list[str], strains: _StrainCache) -> dict:
     conditions: dict[str, int] = {}
     cond = _codes(list(map(str.strip, fields[4::width])), conditions)
     return {"ok": ok, "rows": rows, "table": table, "query": codes[0], "array": codes[1], "values": values,
-            "condition": cond, "conditions": list(conditions)}  # fmt: skip
+            "condition": cond, "conditions": list(conditions),
+            "gene": np.array([t[1] for t in table], dtype=np.int64),  # per strain: genome index and type
+            "type": np.array([t[2] for t in table], dtype=np.int64)}  # fmt: skip
 
 
 def _costanzo_add(b: _Builder, report: ImportReport, block: dict, lo: int, hi: int, start: int) -> None:
     """Add the block's lines ``lo..hi-1`` (all vouched for) as the row reader would, in one pass of array
     operations: fitness observations in order of first appearance, the rows' records in file order."""
-    table, names = block["table"], block["conditions"]
-    gene = np.array([t[1] for t in table], dtype=np.int64)
-    ptype = np.array([t[2] for t in table], dtype=np.int64)
+    table, names, gene, ptype = block["table"], block["conditions"], block["gene"], block["type"]
     at = slice(int(np.searchsorted(block["rows"], lo)), int(np.searchsorted(block["rows"], hi)))
     q, a, vals, local = block["query"][at], block["array"][at], block["values"][at], block["condition"][at]
     m = hi - lo
@@ -653,7 +644,7 @@ def _costanzo_add(b: _Builder, report: ImportReport, block: dict, lo: int, hi: i
     for u in np.argsort(first, kind="stable").tolist():
         code, c = divmod(int(uniq[u]), max(len(names), 1))
         _, g, t, cls, _ = table[code]
-        b.add_fitness_sum(g, t, cls, names[c], float(sums[u]), int(counts[u]))
+        b.add_fitness_sum([g], [t], cls, names[c], float(sums[u]), int(counts[u]))
     # records: both mapped and not the same ORF
     same = (qi == ai) & (qi >= 0)
     if same.any():
