@@ -91,10 +91,10 @@ ARM_LABELS = {
 }
 #: the ablations' changes to the screen's CellFormer arguments
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "no_encoder": {"n_layers": 0, "graph_reg": {}},
+    "no_encoder": {"n_layers": 0, "graph_reg": {}, "impute_attention": None},
     "no_records": {"label_inputs": False, "pair_graph_features": False, "smoothing_features": False,
                    "member_singles": False, "member_pairs": False, "additive_features": False, "profile_dim": 0,
-                   "profile_impute": 0.0},
+                   "profile_impute": 0.0, "impute_attention": None},
 }  # fmt: skip
 #: per baseline: the grid its every run is tuned over (keys: ``lr`` or a model argument)
 GRIDS: dict[str, list[dict[str, Any]]] = {

@@ -258,3 +258,67 @@ def test_profile_imputation_task_reads_hidden_genes_profiles_without_the_batch_l
     assert model.profile_head.weight.grad.abs().sum() > 0
     assert model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
     assert float(loss.detach()) > 0
+
+
+def test_value_attention_reads_only_allowed_keys_through_the_layers_own_heads() -> None:
+    """ValueAttention: per column group, the head-weighted softmax(q·k/√d_h) mean of the values over the allowed
+    keys only, with the queries and keys of the given attention layer; a group without keys reads zeros."""
+    from cellformer.models.layers import SelfAttention, ValueAttention
+
+    torch.manual_seed(0)
+    attn, L, W = SelfAttention(8, 2, 0.0), 7, 3
+    reader = ValueAttention(2, 2 * W)
+    with torch.no_grad():
+        reader.mix.copy_(torch.tensor([0.3, -0.4]))
+        reader.gain.copy_(torch.linspace(0.5, 1.5, 2 * W))
+    x, values = torch.randn(L, 8), torch.randn(L, 2 * W)
+    keys = torch.tensor([[1, 0], [0, 0], [1, 0], [1, 0], [0, 0], [1, 0], [0, 0]], dtype=torch.bool)
+    got = reader(x, attn, values, keys)
+    q, k = (x @ attn.qkv.weight[s].T + attn.qkv.bias[s] for s in (slice(0, 8), slice(8, 16)))
+    expected = torch.zeros(L, W)
+    for h, w in enumerate(reader.mix.softmax(0)):
+        logits = q[:, 4 * h : 4 * h + 4] @ k[:, 4 * h : 4 * h + 4].T / 2.0
+        expected += w * logits.masked_fill(~keys[:, 0], -torch.inf).softmax(1) @ values[:, :W]
+    torch.testing.assert_close(got[:, :W], expected * reader.gain[:W].detach())
+    assert torch.equal(got[:, W:], torch.zeros(L, W))
+    changed = values.clone()
+    changed[~keys[:, 0], :W] += 100.0  # the values of keys that may not be read change nothing
+    torch.testing.assert_close(reader(x, attn, changed, keys), got)
+
+
+def test_impute_attention_infers_held_out_profiles_through_the_tied_heads(reference) -> None:
+    """``impute_attention``: the inferred profiles add the layer's attention over the measured profiles of the
+    pass (hidden genes are never read), the profile loss reaches that layer's query/key weights, and the
+    option is checked (needs profile_impute and an existing layer)."""
+    from cellformer.errors import UserError
+
+    data = reference["data"]
+    genome = toy_genome(N)
+    graphs = GraphSet([GeneGraph.from_edges("g1", N, reference["ref"]["g1_src"], reference["ref"]["g1_dst"])],
+                      genome.hash)  # fmt: skip
+    common = dict(d_model=16, n_heads=2, profile_dim=4, identity_dropout=0.5)
+    for bad in [dict(profile_impute=0.0, n_layers=1), dict(profile_impute=1.0, n_layers=0),
+                dict(profile_impute=1.0, n_layers=1, impute_attention=1)]:  # fmt: skip
+        with pytest.raises(UserError, match="impute_attention"):
+            build_model("cellformer", genome, graphs, data.phenotype_names, **(common | {"impute_attention": 0} | bad))
+    torch.manual_seed(0)
+    model = build_model("cellformer", genome, graphs, data.phenotype_names, n_layers=2, profile_impute=1.0,
+                        impute_attention=1, **common)  # fmt: skip
+    train = np.asarray(reference["ref"]["train"])
+    y = data.phenotypes[train].astype(np.float64)
+    model.set_target_scaling(np.nanmean(y, 0), np.nanstd(y, 0))
+    model.fit_records(data, train)
+    batch = PerturbationDataset(data).collate_rows(train[:64])
+    model.train()
+    enc = model.encode([None], batch)
+    linear = model.profile_head(enc.genes[0, :N])
+    values = model.records.profile_inputs(enc.record_inputs)
+    keys = model.records.profiles.measured(enc.hidden, groups=True)
+    assert keys.any() and not keys[enc.hidden].any()
+    direct = model.profile_attention(enc.layer_inputs[1][1:], model.blocks[1].attn, values, keys)
+    torch.testing.assert_close(enc.imputed, linear + direct)
+    model.train()
+    loss = model(batch).losses["profile/impute"]
+    loss.backward()
+    qk = model.blocks[1].attn.qkv.weight.grad[:32]
+    assert qk.abs().sum() > 0 and model.profile_attention.mix.grad.abs().sum() > 0

@@ -224,6 +224,9 @@ def test_fit_on_imported_costanzo_fixture_through_cli(tmp_path, capsys):
                 "n_heads": 2,
                 "dropout": 0.0,
                 "graph_reg": {"string_database": {"layer": 0, "head": 0, "weight": 0.1, "rows": 8}},
+                "profile_dim": 4,
+                "profile_impute": 1.0,
+                "impute_attention": 0,
             },
         },
         "data": {

@@ -39,7 +39,7 @@ from cellformer.models import diagnostics
 from cellformer.models.base import ModelOutput, PhenotypeModel, check_fields
 from cellformer.models.graph_reg import GraphRegularizer, head_log_attention, parse_graph_reg
 from cellformer.models.head import POOLS, EncoderOutput, PerturbationHead
-from cellformer.models.layers import Block
+from cellformer.models.layers import Block, ValueAttention
 from cellformer.models.record_features import RecordFeatures
 from cellformer.models.tokens import GeneTokens
 
@@ -80,6 +80,9 @@ class CellFormerConfig:
             every gene's interaction profile off its encoder output, fitted (``profile_impute · MSE``) to the
             measured profiles of the genes hidden in each step; genes without a measured one in a pass (held
             out or hidden) read it in the profile product. The encoder infers it from related genes.
+        impute_attention: the encoder layer whose heads also infer profiles directly, as their attention-weighted
+            mean of the measured profiles (:class:`~cellformer.models.layers.ValueAttention`, added to the linear
+            map); None = the linear map alone. Needs ``profile_impute`` and that layer.
         row_seed: seed of the model's own generator (graph rows, identity dropout), so that they never
             shift the global RNG stream that orders batches.
     """
@@ -112,6 +115,7 @@ class CellFormerConfig:
     additive_features: bool = True
     additive_folds: int = 5
     profile_impute: float = 0.0
+    impute_attention: int | None = None
     row_seed: int = 0
 
     #: (lowest, highest, whether the highest is allowed) of the numeric fields
@@ -141,6 +145,9 @@ class CellFormerConfig:
             raise UserError(f"unknown pool {self.pool!r}; choose one of {', '.join(POOLS)}")
         if self.profile_impute > 0 and self.profile_dim == 0:
             raise UserError("profile_impute > 0 imputes interaction profiles: it needs profile_dim > 0")
+        if (i := self.impute_attention) is not None and not (self.profile_impute > 0 and 0 <= i < self.n_layers):
+            raise UserError(f"impute_attention={i} needs profile_impute > 0 and a layer in 0..{self.n_layers - 1} "
+                            f"(n_layers={self.n_layers}); set it to null to turn it off")  # fmt: skip
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -194,6 +201,7 @@ class CellFormer(PhenotypeModel):
         )  # fmt: skip
         profiles = self.records.profiles
         self.profile_head = nn.Linear(d, profiles.width) if cfg.profile_impute > 0 and profiles is not None else None
+        self.profile_attention = None if cfg.impute_attention is None else ValueAttention(cfg.n_heads, profiles.width)
         self._frozen_encoding: EncoderOutput | None = None
         self.freeze_encoding_cache = False
         self.apply(self._init_weights)
@@ -277,6 +285,10 @@ class CellFormer(PhenotypeModel):
         first = added_features[0] if len(added_features) else None
         wild_type = first is None or first.numel() == 0
         imputed = None if self.profile_head is None else self.profile_head(x[0, 1 : 1 + self.num_genes])
+        if self.profile_attention is not None:  # the tied layer's heads read the measured profiles
+            i, profiles = self.config.impute_attention, self.records.profile_inputs(inputs)
+            keys = self.records.profiles.measured(dropped, groups=True)  # measured, not hidden in this pass
+            imputed = imputed + self.profile_attention(layer_inputs[i][1:], self.blocks[i].attn, profiles, keys)
         return EncoderOutput(x[:, 0], x[:, 1:], mask, layer_inputs, wild_type, hidden=dropped, record_inputs=inputs,
                              imputed=imputed)  # fmt: skip
 
@@ -295,15 +307,9 @@ class CellFormer(PhenotypeModel):
         return self.head(enc, gene_index, types, ptr, batch, variant, return_attention, extra)
 
     def predict_from_encoding(
-        self,
-        enc: EncoderOutput,
-        gene_index: torch.Tensor,
-        types: torch.Tensor,
-        ptr: torch.Tensor,
-        batch: torch.Tensor,
-        variant: torch.Tensor | None = None,
-        return_attention: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        self, enc: EncoderOutput, gene_index: torch.Tensor, types: torch.Tensor, ptr: torch.Tensor, batch: torch.Tensor,
+        variant: torch.Tensor | None = None, return_attention: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Predictions (B, P) of the head alone from a (possibly cached) encoding, in original units.
 
         ``variant`` (B,) picks each sample's variant in ``enc`` (default all 0). With ``return_attention``
@@ -381,9 +387,7 @@ class CellFormer(PhenotypeModel):
     ) -> torch.Tensor:
         """(len(rows), N) attention probabilities of ``(layer, head)`` over gene keys (CLS excluded, renormalised)."""
         if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):
-            raise ValueError(
-                f"(layer, head)=({layer}, {head}) out of range: {self.n_layers} layers, {self.n_heads} heads"
-            )
+            raise ValueError(f"no (layer, head) ({layer}, {head}): {self.n_layers} layers, {self.n_heads} heads")
         enc = self._wild_type(enc)
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.cls_token.device)
         return head_log_attention(enc.layer_inputs[layer], self.blocks[layer].attn, head, rows).exp()

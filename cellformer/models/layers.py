@@ -73,3 +73,34 @@ class Block(nn.Module):
         x = x + self.attn(h, key_mask)
         x = x + self.mlp(self.norm2(x))
         return x, h
+
+
+class ValueAttention(nn.Module):
+    """One layer's attention heads read onto outside values: ``Σ_h w_h softmax_j(q_h(x_i)·k_h(x_j)/√d_h) v_j``.
+
+    The queries and keys are the given :class:`SelfAttention`'s own projections of its LayerNorm'd input, so
+    what this reads shapes those heads (and, through them, the encoder); ``w = softmax(mix)`` weighs the heads
+    and ``gain`` scales each value dimension. Keys outside ``keys`` are never attended to.
+    """
+
+    def __init__(self, n_heads: int, width: int):
+        super().__init__()
+        self.mix = nn.Parameter(torch.zeros(n_heads))
+        self.gain = nn.Parameter(torch.ones(width))
+
+    def forward(self, x: torch.Tensor, attn: SelfAttention, values: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """x: (L, d) LayerNorm'd layer input; values: (L, G·W); keys: (L, G) bool, the keys each of the G equal
+        column groups of ``values`` may read (a group with none reads zeros). Returns (L, G·W)."""
+        d = attn.n_heads * attn.d_head
+        qk = F.linear(x, attn.qkv.weight[: 2 * d], attn.qkv.bias[: 2 * d])
+        q, k = rearrange(qk, "l (two h e) -> two 1 h l e", two=2, h=attn.n_heads)
+        mix = self.mix.softmax(0)
+        out = []
+        for group, cols in zip(keys.unbind(1), values.chunk(keys.shape[1], dim=1), strict=True):
+            if not bool(group.any()):
+                out.append(torch.zeros_like(cols))
+                continue
+            v = cols.to(q.dtype)[None, None].expand(1, attn.n_heads, -1, -1)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=group[None, None, None, :])[0]  # (h, L, W)
+            out.append(torch.einsum("h,hlw->lw", mix.to(y.dtype), y).to(values.dtype))
+        return torch.cat(out, dim=1) * self.gain

@@ -423,13 +423,13 @@ class InteractionProfiles(nn.Module):
             out = out * ~hidden[:, None, None]
         return out.flatten(1)
 
-    def measured(self, hidden: torch.Tensor | None = None) -> torch.Tensor:
+    def measured(self, hidden: torch.Tensor | None = None, groups: bool = False) -> torch.Tensor:
         """(N, P·k) bool: profile entries with training records behind them (and not of a ``hidden`` (N,) gene),
-        laid out as :meth:`tokens`' output."""
+        laid out as :meth:`tokens`' output; with ``groups`` (N, P), one column per phenotype."""
         has = self.count > 0
         if hidden is not None:
             has = has & ~hidden[:, None]
-        return has[..., None].expand(-1, -1, self.dim).flatten(1)
+        return has if groups else has[..., None].expand(-1, -1, self.dim).flatten(1)
 
 
 # ---------------------------------------------------------------------- the readout features
@@ -536,6 +536,10 @@ class RecordFeatures(nn.Module):
             parts.append(self.profiles.tokens(members, sizes, own if batch is not None else None, mean, std, hidden))
         return torch.cat(parts, dim=1)
 
+    def profile_inputs(self, token_inputs: torch.Tensor) -> torch.Tensor:
+        """The (N, P·k) interaction profiles within the per-gene inputs of :meth:`token_inputs`."""
+        return token_inputs[:, self.label_features.shape[1] :]
+
     def imputation_loss(
         self,
         imputed: torch.Tensor,
@@ -548,7 +552,7 @@ class RecordFeatures(nn.Module):
         """Mean squared error of imputed profiles (N, P·k) against the measured ones over the ``hidden`` genes
         that have a measured profile; the training ``batch``'s own records (values ``own``) are removed from the
         targets as from the tokens, so no record's label reaches its own prediction through them."""
-        target = self.token_inputs(batch, mean, std, own, None)[:, self.label_features.shape[1] :]
+        target = self.profile_inputs(self.token_inputs(batch, mean, std, own, None))
         use = (self.profiles.measured() & hidden[:, None]).to(imputed.dtype)
         return ((imputed - target) ** 2 * use).sum() / use.sum().clamp_min(1.0)
 
@@ -652,7 +656,7 @@ class RecordFeatures(nn.Module):
         if self.profiles is not None:
             if token_inputs is None:
                 token_inputs = self.token_inputs(None, mean, std, hidden=hidden)
-            profile = token_inputs[:, self.label_features.shape[1] :]
+            profile = self.profile_inputs(token_inputs)
             if imputed is not None:  # the inferred profile where none was measured
                 profile = torch.where(self.profiles.measured(hidden), profile, imputed.to(profile.dtype))
             a, b = members[:, _PAIR_I], members[:, _PAIR_J]
