@@ -282,8 +282,7 @@ class CellFormer(PhenotypeModel):
         x = self.norm_f(x)
         V, L = x.shape[0], x.shape[1] - 1
         mask = torch.ones(V, L, dtype=torch.bool, device=x.device) if key_mask is None else key_mask[:, 1:]
-        first = added_features[0] if len(added_features) else None
-        wild_type = first is None or first.numel() == 0
+        wild_type = not len(added_features) or added_features[0] is None or added_features[0].numel() == 0
         imputed = None if self.profile_head is None else self.profile_head(x[0, 1 : 1 + self.num_genes])
         if self.profile_attention is not None:  # the tied layer's heads read the measured profiles
             i, profiles = self.config.impute_attention, self.records.profile_inputs(inputs)
