@@ -322,3 +322,46 @@ def test_impute_attention_infers_held_out_profiles_through_the_tied_heads(refere
     loss.backward()
     qk = model.blocks[1].attn.qkv.weight.grad[:32]
     assert qk.abs().sum() > 0 and model.profile_attention.mix.grad.abs().sum() > 0
+
+
+def test_inferred_pairs_reads_the_inferred_profiles_of_every_member(reference) -> None:
+    """``inferred_pairs``: one more readout block, the member pairs' mean product of the *inferred* profiles
+    (measured genes included), computed from ``imputed`` alone; the features before the profiles do not read
+    it; the option needs profile_impute, and the feature refuses to run without the inferred profiles."""
+    from cellformer.errors import UserError
+
+    data = reference["data"]
+    genome = toy_genome(N)
+    graphs = GraphSet([GeneGraph.from_edges("g1", N, reference["ref"]["g1_src"], reference["ref"]["g1_dst"])],
+                      genome.hash)  # fmt: skip
+    common = dict(d_model=16, n_layers=1, n_heads=2, profile_dim=4)
+    with pytest.raises(UserError, match="inferred_pairs"):
+        build_model("cellformer", genome, graphs, data.phenotype_names, inferred_pairs=True, **common)
+    torch.manual_seed(0)
+    model = build_model("cellformer", genome, graphs, data.phenotype_names, profile_impute=1.0, inferred_pairs=True,
+                        **common)  # fmt: skip
+    train = np.asarray(reference["ref"]["train"])
+    y = data.phenotypes[train].astype(np.float64)
+    model.set_target_scaling(np.nanmean(y, 0), np.nanstd(y, 0))
+    model.fit_records(data, train)
+    slots = model.records.slices()
+    assert list(slots)[-2:] == ["profile_pairs", "inferred_pairs"]
+    assert slots["inferred_pairs"].stop - slots["inferred_pairs"].start == model.records.profiles.width
+    batch = PerturbationDataset(data).collate_rows(train[:64])
+    mean, std = model.target_scaling()
+    args = (batch.gene_index, batch.types, batch.ptr, batch.batch, mean, std, False, None)
+    guess = torch.randn(N, model.records.profiles.width, generator=torch.Generator().manual_seed(5))
+    out = model.records(*args, None, guess)
+    members, sizes = padded_members(batch.gene_index, batch.ptr, batch.batch)
+    for row in range(out.shape[0]):  # by hand: the mean over member pairs of guess[a] * guess[b]
+        genes = [int(g) for g in members[row, : int(sizes[row])]]
+        pairs = [(a, b) for i, a in enumerate(genes) for b in genes[i + 1 :]]
+        want = torch.stack([guess[a] * guess[b] for a, b in pairs]).mean(0) if pairs else torch.zeros(guess.shape[1])
+        torch.testing.assert_close(out[row, slots["inferred_pairs"]], want)
+    assert (sizes >= 2).any() and out[:, slots["inferred_pairs"]].abs().sum() > 0
+    other = model.records(*args, None, guess * 2)
+    torch.testing.assert_close(out[:, : slots["profile_pairs"].start], other[:, : slots["profile_pairs"].start])
+    with pytest.raises(ValueError, match="imputed"):
+        model.records(*args)
+    model.train()
+    assert torch.isfinite(model(batch).pred).all()

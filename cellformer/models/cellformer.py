@@ -83,6 +83,8 @@ class CellFormerConfig:
         impute_attention: the encoder layer whose heads also infer profiles directly, as their attention-weighted
             mean of the measured profiles (:class:`~cellformer.models.layers.ValueAttention`, added to the linear
             map); None = the linear map alone. Needs ``profile_impute`` and that layer.
+        inferred_pairs: the readout also reads the member pairs' product of the *inferred* profiles of every
+            gene, measured or not: the encoder's estimate of a profile from related genes. Needs ``profile_impute``.
         row_seed: seed of the model's own generator (graph rows, identity dropout), so that they never
             shift the global RNG stream that orders batches.
     """
@@ -116,6 +118,7 @@ class CellFormerConfig:
     additive_folds: int = 5
     profile_impute: float = 0.0
     impute_attention: int | None = None
+    inferred_pairs: bool = False
     row_seed: int = 0
 
     #: (lowest, highest, whether the highest is allowed) of the numeric fields
@@ -145,6 +148,8 @@ class CellFormerConfig:
             raise UserError(f"unknown pool {self.pool!r}; choose one of {', '.join(POOLS)}")
         if self.profile_impute > 0 and self.profile_dim == 0:
             raise UserError("profile_impute > 0 imputes interaction profiles: it needs profile_dim > 0")
+        if self.inferred_pairs and not self.profile_impute > 0:
+            raise UserError("inferred_pairs reads the inferred interaction profiles: it needs profile_impute > 0")
         if (i := self.impute_attention) is not None and not (self.profile_impute > 0 and 0 <= i < self.n_layers):
             raise UserError(f"impute_attention={i} needs profile_impute > 0 and a layer in 0..{self.n_layers - 1} "
                             f"(n_layers={self.n_layers}); set it to null to turn it off")  # fmt: skip
@@ -185,7 +190,7 @@ class CellFormer(PhenotypeModel):
         self.records = RecordFeatures(
             self.num_genes, self.phenotype_names, graphs, inputs, cfg.pair_graph_features, cfg.smoothing_features,
             cfg.member_singles, cfg.member_pairs, cfg.additive_features, cfg.label_inputs, cfg.additive_folds,
-            cfg.smoothing_neighbours, cfg.profile_dim,
+            cfg.smoothing_neighbours, cfg.profile_dim, cfg.inferred_pairs,
         )  # fmt: skip
         self.tokens = GeneTokens(genome.features, self.added_mask_np, graphs, inputs, d, cfg.input_hops,
                                  cfg.structural_dim, self.records.token_width)  # fmt: skip

@@ -22,6 +22,8 @@ Readout features, in output order (each switchable):
 * ``profile_pairs`` -- the mean over member pairs of the product of their interaction profiles (the
   token inputs below, as this pass saw them), ``p_a ⊙ p_b`` (P·k): a readout that is linear in it is a
   low-rank completion of the interaction matrix.
+* ``inferred_pairs`` -- the same product of the profiles the encoder infers for every gene (``imputed``),
+  measured or not (P·k).
 
 Token inputs, per gene (N, ·):
 
@@ -444,6 +446,7 @@ class RecordFeatures(nn.Module):
         additive_folds: folds of the cross-fitted additive estimate.
         smoothing_neighbours: neighbours kept per gene for the substitution estimate.
         profile_dim: dimensions of the interaction-profile token inputs per phenotype (0 = none).
+        inferred_pairs: the ``inferred_pairs`` feature (needs ``profile_dim``; :meth:`forward` needs ``imputed``).
     """
 
     def __init__(
@@ -461,6 +464,7 @@ class RecordFeatures(nn.Module):
         additive_folds: int = 5,
         smoothing_neighbours: int = 64,
         profile_dim: int = 0,
+        inferred_pairs: bool = False,
     ):
         super().__init__()
         self.num_genes, self.phenotype_names = num_genes, list(phenotype_names)
@@ -484,6 +488,7 @@ class RecordFeatures(nn.Module):
         self.register_buffer("single_has", torch.zeros(num_genes, P))
         self.register_buffer("label_features", torch.zeros(num_genes, G * (P + 1) if self.label_inputs else 0))
         self.profiles = InteractionProfiles(num_genes, P, profile_dim) if profile_dim > 0 else None
+        self.inferred_pairs = inferred_pairs and self.profiles is not None
         self.additive = None
         if additive:
             from cellformer.models.baselines.additive import CrossFittedAdditive
@@ -496,7 +501,8 @@ class RecordFeatures(nn.Module):
         widths = {"pair_graph": len(self.graph_names) * self.pair_graph, "smoothing": 2 * P * self.smoothing,
                   "member_singles": 3 * P * self.member_singles, "member_pairs": 2 * P * self.member_pairs,
                   "additive": 2 * P * (self.additive is not None),
-                  "profile_pairs": self.profiles.width if self.profiles is not None else 0}  # fmt: skip
+                  "profile_pairs": self.profiles.width if self.profiles is not None else 0,
+                  "inferred_pairs": self.profiles.width if self.inferred_pairs else 0}  # fmt: skip
         out, start = {}, 0
         for name, w in widths.items():
             if w:
@@ -659,12 +665,20 @@ class RecordFeatures(nn.Module):
             profile = self.profile_inputs(token_inputs)
             if imputed is not None:  # the inferred profile where none was measured
                 profile = torch.where(self.profiles.measured(hidden), profile, imputed.to(profile.dtype))
-            a, b = members[:, _PAIR_I], members[:, _PAIR_J]
-            ok = (known[:, _PAIR_I] & known[:, _PAIR_J]).float()[..., None]
-            n = self.num_genes
-            product = profile[a.clamp(0, n - 1)] * profile[b.clamp(0, n - 1)] * ok  # (B, pairs, P·k)
-            parts.append(product.sum(1) / ok.sum(1).clamp_min(1))
+            parts.append(self._pair_product(profile, members, known))
+            if self.inferred_pairs:
+                if imputed is None:
+                    raise ValueError("the inferred_pairs feature needs the inferred profiles (imputed)")
+                parts.append(self._pair_product(imputed.to(profile.dtype), members, known))
         return torch.cat(parts, dim=1)
+
+    def _pair_product(self, profile: torch.Tensor, members: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """(B, P·k) mean over the member pairs of ``profile[a] ⊙ profile[b]`` (zeros for singles)."""
+        a, b = members[:, _PAIR_I], members[:, _PAIR_J]
+        ok = (known[:, _PAIR_I] & known[:, _PAIR_J]).float()[..., None]
+        n = self.num_genes
+        product = profile[a.clamp(0, n - 1)] * profile[b.clamp(0, n - 1)] * ok  # (B, pairs, P·k)
+        return product.sum(1) / ok.sum(1).clamp_min(1)
 
     def _pair_graph(self, members: torch.Tensor, sizes: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
         """(B, G) share of member pairs that are neighbours in each input graph (0 for singles)."""
