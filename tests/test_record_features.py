@@ -202,6 +202,22 @@ def test_profile_fit_is_the_same_with_dense_or_sparse_pair_matrices(reference, m
             np.testing.assert_allclose(getattr(other, name).numpy(), getattr(fits[0], name).numpy(), atol=1e-5)
 
 
+def fitted_profile_model(reference: dict, **model_args):
+    """A seeded CellFormer on the toy screen (graph g1) with its target scaling and record tables fitted on the
+    reference training rows; returns it with the data, those rows and a collated batch of the first 64."""
+    data = reference["data"]
+    genome = toy_genome(N)
+    graphs = GraphSet([GeneGraph.from_edges("g1", N, reference["ref"]["g1_src"], reference["ref"]["g1_dst"])],
+                      genome.hash)  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model("cellformer", genome, graphs, data.phenotype_names, **model_args)
+    train = np.asarray(reference["ref"]["train"])
+    y = data.phenotypes[train].astype(np.float64)
+    model.set_target_scaling(np.nanmean(y, 0), np.nanstd(y, 0))
+    model.fit_records(data, train)
+    return model, data, train, PerturbationDataset(data).collate_rows(train[:64])
+
+
 def test_profile_imputation_task_reads_hidden_genes_profiles_without_the_batch_labels(reference) -> None:
     """``profile_impute``: a training step adds λ · MSE between the profiles read off the encoder output and the
     measured profiles of the genes hidden in that step (the batch's own records removed from the targets);
@@ -209,20 +225,10 @@ def test_profile_imputation_task_reads_hidden_genes_profiles_without_the_batch_l
     reaches the encoder; evaluation has no such term; it needs profile tokens."""
     from cellformer.errors import UserError
 
-    data = reference["data"]
-    genome = toy_genome(N)
-    graphs = GraphSet([GeneGraph.from_edges("g1", N, reference["ref"]["g1_src"], reference["ref"]["g1_dst"])],
-                      genome.hash)  # fmt: skip
     with pytest.raises(UserError, match="profile_dim"):
-        build_model("cellformer", genome, graphs, data.phenotype_names, profile_dim=0, profile_impute=1.0)
-    torch.manual_seed(0)
-    model = build_model("cellformer", genome, graphs, data.phenotype_names, d_model=16, n_layers=1, n_heads=2,
-                        profile_dim=4, profile_impute=0.5, identity_dropout=0.5)  # fmt: skip
-    train = np.asarray(reference["ref"]["train"])
-    y = data.phenotypes[train].astype(np.float64)
-    model.set_target_scaling(np.nanmean(y, 0), np.nanstd(y, 0))
-    model.fit_records(data, train)
-    batch = PerturbationDataset(data).collate_rows(train[:64])
+        fitted_profile_model(reference, profile_dim=0, profile_impute=1.0)
+    model, data, train, batch = fitted_profile_model(reference, d_model=16, n_layers=1, n_heads=2, profile_dim=4,
+                                                     profile_impute=0.5, identity_dropout=0.5)  # fmt: skip
     model.train()
     out = model(batch)
     loss = out.losses["profile/impute"]
@@ -292,23 +298,12 @@ def test_impute_attention_infers_held_out_profiles_through_the_tied_heads(refere
     option is checked (needs profile_impute and an existing layer)."""
     from cellformer.errors import UserError
 
-    data = reference["data"]
-    genome = toy_genome(N)
-    graphs = GraphSet([GeneGraph.from_edges("g1", N, reference["ref"]["g1_src"], reference["ref"]["g1_dst"])],
-                      genome.hash)  # fmt: skip
     common = dict(d_model=16, n_heads=2, profile_dim=4, identity_dropout=0.5)
     for bad in [dict(profile_impute=0.0, n_layers=1), dict(profile_impute=1.0, n_layers=0),
                 dict(profile_impute=1.0, n_layers=1, impute_attention=1)]:  # fmt: skip
         with pytest.raises(UserError, match="impute_attention"):
-            build_model("cellformer", genome, graphs, data.phenotype_names, **(common | {"impute_attention": 0} | bad))
-    torch.manual_seed(0)
-    model = build_model("cellformer", genome, graphs, data.phenotype_names, n_layers=2, profile_impute=1.0,
-                        impute_attention=1, **common)  # fmt: skip
-    train = np.asarray(reference["ref"]["train"])
-    y = data.phenotypes[train].astype(np.float64)
-    model.set_target_scaling(np.nanmean(y, 0), np.nanstd(y, 0))
-    model.fit_records(data, train)
-    batch = PerturbationDataset(data).collate_rows(train[:64])
+            fitted_profile_model(reference, **(common | {"impute_attention": 0} | bad))
+    model, _, _, batch = fitted_profile_model(reference, n_layers=2, profile_impute=1.0, impute_attention=1, **common)
     model.train()
     enc = model.encode([None], batch)
     linear = model.profile_head(enc.genes[0, :N])
@@ -330,24 +325,13 @@ def test_inferred_pairs_reads_the_inferred_profiles_of_every_member(reference) -
     it; the option needs profile_impute, and the feature refuses to run without the inferred profiles."""
     from cellformer.errors import UserError
 
-    data = reference["data"]
-    genome = toy_genome(N)
-    graphs = GraphSet([GeneGraph.from_edges("g1", N, reference["ref"]["g1_src"], reference["ref"]["g1_dst"])],
-                      genome.hash)  # fmt: skip
     common = dict(d_model=16, n_layers=1, n_heads=2, profile_dim=4)
     with pytest.raises(UserError, match="inferred_pairs"):
-        build_model("cellformer", genome, graphs, data.phenotype_names, inferred_pairs=True, **common)
-    torch.manual_seed(0)
-    model = build_model("cellformer", genome, graphs, data.phenotype_names, profile_impute=1.0, inferred_pairs=True,
-                        **common)  # fmt: skip
-    train = np.asarray(reference["ref"]["train"])
-    y = data.phenotypes[train].astype(np.float64)
-    model.set_target_scaling(np.nanmean(y, 0), np.nanstd(y, 0))
-    model.fit_records(data, train)
+        fitted_profile_model(reference, inferred_pairs=True, **common)
+    model, _, _, batch = fitted_profile_model(reference, profile_impute=1.0, inferred_pairs=True, **common)
     slots = model.records.slices()
     assert list(slots)[-2:] == ["profile_pairs", "inferred_pairs"]
     assert slots["inferred_pairs"].stop - slots["inferred_pairs"].start == model.records.profiles.width
-    batch = PerturbationDataset(data).collate_rows(train[:64])
     mean, std = model.target_scaling()
     args = (batch.gene_index, batch.types, batch.ptr, batch.batch, mean, std, False, None)
     guess = torch.randn(N, model.records.profiles.width, generator=torch.Generator().manual_seed(5))
