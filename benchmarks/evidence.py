@@ -25,8 +25,8 @@ Equal footing: every arm of a seed and setting sees the same records, the same s
 order (the loader has its own seeded generator; CellFormer draws graph rows and identity dropout from its own
 generator); checkpoints are selected by the phenotype metric alone (best mean validation Pearson, every
 ``--eval-every`` steps; auxiliary losses never enter). A baseline with knobs is tuned the same way on every
-run: each point of its grid (:data:`GRIDS`: DANGO's and the additive model's learning rate, graph
-smoothing's edge weighting; the per-gene model cross-validates its penalty) is trained and selected on
+run: each point of its grid (:data:`GRIDS`, per screen: DANGO's and the additive model's learning rate,
+graph smoothing's edge weighting; the per-gene model cross-validates its penalty) is trained and selected on
 validation, and the best validation point gives the test numbers. CellFormer's settings are the shipped
 config's (chosen on seed-0 validation runs while the model was developed).
 
@@ -97,10 +97,19 @@ ABLATIONS: dict[str, dict[str, Any]] = {
                    "profile_impute": 0.0, "impute_attention": None},
 }  # fmt: skip
 #: per baseline: the grid its every run is tuned over (keys: ``lr`` or a model argument)
-GRIDS: dict[str, list[dict[str, Any]]] = {
-    "dango": [{"lr": 3e-4}, {"lr": 1e-3}, {"lr": 3e-3}],
-    "additive": [{"lr": 0.01}, {"lr": 0.03}, {"lr": 0.1}],
-    "graph_smoothing": [{"weighted": False}, {"weighted": True}],
+GRIDS: dict[str, dict[str, list[dict[str, Any]]]] = {
+    # real screen: DANGO runs 2,000 steps (at 1,000 its gene hold-out run peaked at the last step); lr 3e-4
+    # lagged far behind on every run and 1e-2 was below 3e-3 on seed 0 (benchmarks/EVIDENCE.md)
+    "costanzo": {
+        "dango": [{"lr": 1e-3}, {"lr": 3e-3}],
+        "additive": [{"lr": 0.01}, {"lr": 0.03}, {"lr": 0.1}],
+        "graph_smoothing": [{"weighted": False}, {"weighted": True}],
+    },
+    "sim": {
+        "dango": [{"lr": 3e-4}, {"lr": 1e-3}, {"lr": 3e-3}],
+        "additive": [{"lr": 0.01}, {"lr": 0.03}, {"lr": 0.1}],
+        "graph_smoothing": [{"weighted": False}, {"weighted": True}],
+    },
 }
 #: the graphs of the real screen (every arm gets these; DANGO uses the STRING channels among them)
 REAL_GRAPHS = ["string_neighborhood", "string_database", "string_cooccurence", "string_fusion", "ppi_physical",
@@ -108,7 +117,7 @@ REAL_GRAPHS = ["string_neighborhood", "string_database", "string_cooccurence", "
 SCREEN_CONFIGS = {"costanzo": ROOT / "configs" / "costanzo.yaml", "sim": ROOT / "configs" / "quickstart.yaml"}
 #: per screen and mode, the defaults of the command line
 MODE_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
-    ("costanzo", "quick"): {"steps": 300, "eval_every": 50, "baseline_steps": 1000, "settings":
+    ("costanzo", "quick"): {"steps": 300, "eval_every": 50, "baseline_steps": 2000, "settings":
                             "random,gene_holdout,smf_holdout", "seeds": "0,1,2", "device": "cpu", "n_genes": 2000},
     ("costanzo", "full"): {"steps": 2000, "eval_every": 250, "baseline_steps": 4000, "settings":
                            "random,gene_holdout,smf_holdout", "seeds": "0,1,2", "device": "cuda", "n_genes": 0},
@@ -328,6 +337,7 @@ class RunConfig:
     cellformer: dict[str, Any]  # the screen config's model section (model_args, lr, weight_decay, warmup_steps)
     batch_size: int
     model_args: dict[str, Any] = field(default_factory=dict)  # --model-arg overrides for every CellFormer arm
+    grids: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # the screen's tuning grids (GRIDS)
 
 
 def screen_config(screen: str) -> tuple[dict[str, Any], int]:
@@ -479,7 +489,7 @@ def run_arm(problem: Problem, arm: str, controls: dict | None, split: dict, seed
     graphs = arm_graphs(problem, arm, controls)
     name, args, lr, wd, warmup = model_spec(arm, problem, graphs, cfg)
     steps = cfg.steps if arm in CELLFORMER_ARMS else cfg.baseline_steps
-    grid = GRIDS.get(arm, [{}])
+    grid = cfg.grids.get(arm, [{}])
     tried = []
     best = None
     for point in grid:
@@ -734,7 +744,8 @@ def markdown(report: dict) -> str:
         f"{'; overrides ' + json.dumps(cfg['model_args']) if cfg['model_args'] else ''}); ablation (a) sets "
         f"`{json.dumps(ABLATIONS['no_encoder'])}`, (b) `{json.dumps(ABLATIONS['no_records'])}`. Baselines "
         f"{cfg['baseline_steps']} steps (gradient ones), each run tuned over its grid "
-        f"`{json.dumps(GRIDS)}` on validation. Checkpoint selection: best mean validation Pearson every "
+        f"`{json.dumps(cfg.get('grids') or GRIDS[report['screen']])}` on validation. Checkpoint selection: best "
+        f"mean validation Pearson every "
         f"{cfg['eval_every']} steps. Seeds {report['seeds']}. Device {cfg['device']}, wall time "
         f"{report['wall_s'] / 60:.1f} min"
         f"{' (summed over the per-seed processes, run in parallel)' if report.get('merged_from') else ''}. "
@@ -1029,7 +1040,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     model_section, batch_size = screen_config(args.screen)
     cfg = RunConfig(steps=args.steps, baseline_steps=args.baseline_steps, eval_every=args.eval_every,
                     device=args.device, cellformer=model_section, batch_size=args.batch_size or batch_size,
-                    model_args=parse_model_args(args.model_arg))  # fmt: skip
+                    model_args=parse_model_args(args.model_arg), grids=GRIDS[args.screen])  # fmt: skip
     phenos = list(problem.data.phenotype_names)
     keys = phenos + (["fitness_singles"] if "fitness" in phenos else [])
     runs: list[dict] = []

@@ -61,12 +61,14 @@ def test_sim_toy_run_writes_outputs_and_never_overwrites(evidence, tmp_path: Pat
     text = md.read_text()
     assert "## Targets" in text and "(a) CellFormer without encoder" in text and "sub-genome" in text
     assert "## Tuning" in text and "DANGO (tuned)" in text
-    runs = json.loads(js.read_text())["runs"]
+    record = json.loads(js.read_text())
+    assert record["config"]["grids"] == evidence.GRIDS["sim"]  # the grids it was tuned over travel with it
+    runs = record["runs"]
     assert len(runs) == 2 * 9
     for r in runs:
         assert r["test"]["fitness"]["pearson"] is not None and math.isfinite(r["test"]["fitness"]["mse"])
         assert "aupr_neg" in r["test"]["epsilon"] and "aupr_neg" not in r["test"]["fitness"]
-        expected = len(evidence.GRIDS.get(r["arm"], [{}]))
+        expected = len(evidence.GRIDS["sim"].get(r["arm"], [{}]))
         assert len(r["grid"]) == expected  # every grid point was trained and judged on validation
         best = max(g["best_val"] for g in r["grid"])
         assert r["best_val_mean_pearson"] == pytest.approx(best)
